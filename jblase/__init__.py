@@ -1,0 +1,15 @@
+"""jblase: differentiable Voigt-cloned spectral emulation and stellar-parameter inference in JAX.
+
+Pipeline: grid files -> preprocess -> detect -> clone -> line lists -> manifold -> generator
+-> inference. Importing jblase turns on JAX's float64 support (``jax_enable_x64``), because
+line-centre offsets near 10,000 A need float64; kernels that can run in float32 say so.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from jblase.linelist import LineList  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["LineList", "__version__"]
