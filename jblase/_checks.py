@@ -8,7 +8,7 @@ __all__ = ["check_spectrum", "check_wavelength"]
 
 
 def check_wavelength(wavelength_aa: np.ndarray, name: str = "wavelength") -> np.ndarray:
-    """Return ``wavelength_aa`` as float64 after checking it is 1-D, finite and strictly increasing."""
+    """Return ``wavelength_aa`` as float64, checked 1-D, finite and strictly increasing."""
     wl = np.asarray(wavelength_aa, dtype=np.float64)
     if wl.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {wl.shape}")
@@ -16,7 +16,9 @@ def check_wavelength(wavelength_aa: np.ndarray, name: str = "wavelength") -> np.
         raise ValueError(f"{name} needs at least 2 pixels, got {wl.size}")
     bad = ~np.isfinite(wl)
     if bad.any():
-        raise ValueError(f"{name} has {bad.sum()} non-finite values (first at index {np.argmax(bad)})")
+        raise ValueError(
+            f"{name} has {bad.sum()} non-finite values (first at index {np.argmax(bad)})"
+        )
     step = np.diff(wl)
     if (step <= 0).any():
         i = int(np.argmax(step <= 0))

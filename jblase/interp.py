@@ -1,0 +1,316 @@
+# ruff: noqa: F722  (jaxtyping shape strings are not Python expressions)
+"""Multilinear interpolation on non-uniform rectilinear grids, in pure ``jnp``.
+
+Sits between the line manifolds and the generator: every line's (mu', ln a, ln sigma, ln gamma)
+tensor over (Teff, log g, [Fe/H]) is interpolated trilinearly on the grid's own axes (Teff steps
+of 100 K then 200 K). The kernels are written for one point, work for any number D of axes, and
+are jit-, vmap- and grad-friendly: the only Python loops run over the D axes and the 2**D cell
+corners, at trace time.
+
+Two tiers: the functions :func:`locate`, :func:`interpolate` and :func:`interpolate_lines`
+extrapolate linearly from the edge cell (nothing can raise under ``jit``), while
+:meth:`MultilinearInterpolator.evaluate` is an eager API that checks bounds and raises.
+
+Values may be float32 or float64 (integers are promoted to the default float); the result dtype
+follows ``values``. Axes and points are float64 by default.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Inexact, Int
+
+__all__ = ["MultilinearInterpolator", "interpolate", "interpolate_lines", "locate"]
+
+#: Relative tolerance of the eager bounds check (also absolute for axes near zero).
+BOUNDS_RTOL = 1e-9
+
+
+def _locate_axis(axis: Array, x: Array) -> tuple[Array, Array]:
+    n = axis.shape[0]
+    if n == 1:
+        # A single-valued axis is only carried: the point's coordinate is ignored.
+        return jnp.zeros((), dtype=int), jnp.zeros((), dtype=jnp.result_type(axis, x))
+    # side="right" puts a point lying on a node in the cell to its right (one-sided gradient);
+    # the clamp puts the last node, and anything beyond, in the last cell. compare_all is one
+    # fused comparison, cheaper than a binary search for grid axes of ~100 nodes.
+    i = jnp.searchsorted(axis, x, side="right", method="compare_all") - 1
+    i = jnp.clip(i, 0, n - 2)
+    lo, hi = axis[i], axis[i + 1]
+    return i, (x - lo) / (hi - lo)
+
+
+def _check_point(axes: Sequence[Array], point: Array) -> None:
+    if len(axes) == 0:
+        raise ValueError("need at least one grid axis")
+    if point.shape != (len(axes),):
+        raise ValueError(f"point must have shape ({len(axes)},), got {point.shape}")
+    for d, axis in enumerate(axes):
+        if axis.ndim != 1 or axis.shape[0] < 1:
+            raise ValueError(f"axis {d} must be 1-D with at least 1 node, got shape {axis.shape}")
+
+
+@jax.jit
+def locate(
+    axes: Sequence[Float[ArrayLike, " n"]], point: Float[ArrayLike, " D"]
+) -> tuple[Int[Array, " D"], Float[Array, " D"]]:
+    """Find the grid cell holding ``point`` and the point's fractional position in it.
+
+    Args:
+        axes: D strictly increasing 1-D node arrays (same units as ``point``, e.g. K, dex, dex).
+        point: shape ``(D,)``.
+
+    Returns:
+        ``(index, weight)``, both shape ``(D,)``: for each axis the cell index ``i`` in
+        ``[0, n - 2]`` with ``axis[i] <= x <= axis[i + 1]`` and ``t = (x - axis[i]) /
+        (axis[i + 1] - axis[i])``. A point on an interior node lies in the cell to its right
+        (``t = 0``); the last node lies in the last cell (``t = 1``). Axes of length 1 give
+        ``i = 0, t = 0``. ``t`` is NOT clipped: outside the grid it falls below 0 or above 1,
+        so interpolation extrapolates linearly from the edge cell.
+    """
+    axes = tuple(jnp.asarray(a) for a in axes)
+    point = jnp.asarray(point)
+    _check_point(axes, point)
+    located = [_locate_axis(a, point[d]) for d, a in enumerate(axes)]
+    index = jnp.stack([i for i, _ in located])
+    weight = jnp.stack([t for _, t in located]).astype(jnp.result_type(point, *axes, 1.0))
+    return index, weight
+
+
+def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int) -> Array:
+    """Sum of the 2**D cell corners ``values[:lead, i1 + c1, ..., iD + cD]`` times their weights."""
+    axes = tuple(jnp.asarray(a) for a in axes)
+    point = jnp.asarray(point)
+    values = jnp.asarray(values)
+    _check_point(axes, point)
+    lengths = tuple(a.shape[0] for a in axes)
+    grid_shape = values.shape[lead : lead + len(axes)]
+    if grid_shape != lengths:
+        raise ValueError(
+            f"values have grid shape {grid_shape} (after {lead} leading axes), "
+            f"but the axes have lengths {lengths}"
+        )
+    dtype = jnp.result_type(values.dtype, 1.0)
+    values = values.astype(dtype)
+    index, weight = locate(axes, point)
+    t = weight.astype(dtype)
+    live = [d for d, n in enumerate(lengths) if n > 1]  # length-1 axes have one corner, weight 1
+    pre = (slice(None),) * lead
+    total = None
+    for corner in itertools.product((0, 1), repeat=len(live)):
+        shift = dict(zip(live, corner, strict=True))
+        idx = tuple(index[d] + shift.get(d, 0) for d in range(len(axes)))
+        w = jnp.ones((), dtype)
+        for d, c in shift.items():
+            w = w * (t[d] if c else 1 - t[d])
+        term = w * values[pre + idx]
+        total = term if total is None else total + term
+    return total
+
+
+@jax.jit
+def interpolate(
+    values: Inexact[ArrayLike, "*grid *trailing"],
+    axes: Sequence[Float[ArrayLike, " n"]],
+    point: Float[ArrayLike, " D"],
+) -> Inexact[Array, "*trailing"]:
+    """Multilinear interpolation of ``values`` at one ``point``.
+
+    Args:
+        values: shape ``(n_1, ..., n_D, *trailing)``, grid axes first; float32 or float64
+            (the result has the same dtype).
+        axes: D strictly increasing node arrays, shapes ``(n_1,), ..., (n_D,)``.
+        point: shape ``(D,)``, in the units of the axes.
+
+    Returns:
+        Shape ``trailing``. Outside the grid the result extrapolates linearly from the edge
+        cell (use :class:`MultilinearInterpolator` for a bounds check). Differentiable in
+        ``point``: exact inside cells, one-sided (right cell, last cell at the last node) on
+        nodes, and zero along axes of length 1. ``vmap`` it over points.
+    """
+    return _multilinear(values, axes, point, lead=0)
+
+
+@jax.jit
+def interpolate_lines(
+    values: Inexact[ArrayLike, "n_lines *grid k"],
+    axes: Sequence[Float[ArrayLike, " n"]],
+    point: Float[ArrayLike, " D"],
+) -> Inexact[Array, "n_lines k"]:
+    """Interpolate every line's parameters at one grid ``point`` (the manifold's main call).
+
+    Args:
+        values: shape ``(n_lines, n_1, ..., n_D, k)``, e.g. ``k = 4`` for
+            (mu' in A, ln a, ln sigma, ln gamma); float32 or float64 (kept in the result).
+        axes: D strictly increasing node arrays, e.g. (Teff in K, log g in dex, [Fe/H] in dex).
+        point: shape ``(D,)``.
+
+    Returns:
+        Shape ``(n_lines, k)``. One gather of ``values[:, i1 + c1, ..., iD + cD]`` per cell
+        corner (2**D of them, fewer with length-1 axes), combined with the multilinear weights;
+        extrapolates linearly outside the grid, like :func:`interpolate`.
+    """
+    values = jnp.asarray(values)
+    if values.ndim != len(axes) + 2:
+        raise ValueError(
+            f"values must have shape (n_lines, n_1, ..., n_{len(axes)}, k), got {values.shape}"
+        )
+    return _multilinear(values, axes, point, lead=1)
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+class MultilinearInterpolator(eqx.Module):
+    """A ``RegularGridInterpolator``-like multilinear interpolator on non-uniform axes.
+
+    Attributes:
+        axes: D strictly increasing float64 node arrays (at least 1 node each), shapes
+            ``(n_1,), ..., (n_D,)``; units are the caller's (e.g. K, dex, dex).
+        values: shape ``(n_1, ..., n_D, *trailing)``; float32 or float64, kept as given
+            (integers become the default float). Results have this dtype.
+        names: optional axis names (static), used in error messages.
+
+    ``interp(point)`` is the jit-friendly call (one point, extrapolating linearly outside the
+    grid); ``interp.evaluate(points)`` is the eager call that checks bounds and raises.
+    """
+
+    axes: tuple[Float[Array, " n"], ...]
+    values: Inexact[Array, "*grid *trailing"]
+    names: tuple[str, ...] | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        axes: Sequence[Float[ArrayLike, " n"]],
+        values: Inexact[ArrayLike, "*grid *trailing"],
+        names: Sequence[str] | None = None,
+    ):
+        if isinstance(axes, np.ndarray | jax.Array) and jnp.ndim(axes) == 1:
+            axes = (axes,)
+        self.axes = tuple(jnp.asarray(a, dtype=jnp.float64) for a in axes)
+        values = jnp.asarray(values)
+        self.values = values.astype(jnp.result_type(values.dtype, 1.0))
+        self.names = None if names is None else tuple(str(n) for n in names)
+
+    def __check_init__(self):
+        if len(self.axes) == 0:
+            raise ValueError("need at least one grid axis")
+        if self.names is not None and len(self.names) != len(self.axes):
+            raise ValueError(f"{len(self.names)} names given for {len(self.axes)} axes")
+        for d, axis in enumerate(self.axes):
+            label = self._label(d)
+            if axis.ndim != 1 or axis.shape[0] < 1:
+                raise ValueError(f"{label} must be 1-D with at least 1 node, got {axis.shape}")
+            if _is_tracer(axis):
+                continue
+            a = np.asarray(axis)
+            if not np.isfinite(a).all():
+                raise ValueError(f"{label} has non-finite nodes: {a}")
+            step = np.diff(a)
+            if (step <= 0).any():
+                i = int(np.argmax(step <= 0))
+                raise ValueError(
+                    f"{label} must be strictly increasing: nodes {i} and {i + 1} are "
+                    f"{float(a[i])!r} then {float(a[i + 1])!r}"
+                )
+        if self.values.shape[: len(self.axes)] != self.shape:
+            raise ValueError(
+                f"values have shape {self.values.shape}, but the axes need {self.shape} first"
+            )
+
+    def _label(self, d: int) -> str:
+        return f"axis {d}" if self.names is None else f"axis {d} ({self.names[d]!r})"
+
+    @property
+    def ndim(self) -> int:
+        """Number of grid axes D."""
+        return len(self.axes)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Grid shape ``(n_1, ..., n_D)``."""
+        return tuple(a.shape[0] for a in self.axes)
+
+    @property
+    def lower(self) -> Float[Array, " D"]:
+        """First node of each axis, shape ``(D,)``."""
+        return jnp.stack([a[0] for a in self.axes])
+
+    @property
+    def upper(self) -> Float[Array, " D"]:
+        """Last node of each axis, shape ``(D,)``."""
+        return jnp.stack([a[-1] for a in self.axes])
+
+    def _tolerance(self, rtol: float) -> Float[Array, " D"]:
+        lo, hi = self.lower, self.upper
+        return rtol * jnp.maximum(jnp.maximum(jnp.abs(lo), jnp.abs(hi)), jnp.maximum(hi - lo, 1.0))
+
+    def __call__(self, point: Float[ArrayLike, " D"]) -> Inexact[Array, "*trailing"]:
+        """Interpolate at one point, shape ``(D,)`` -> ``trailing``; extrapolates outside."""
+        return interpolate(self.values, self.axes, point)
+
+    def in_bounds(
+        self, point: Float[ArrayLike, "*batch D"], rtol: float = BOUNDS_RTOL
+    ) -> Bool[Array, "*batch"]:
+        """True where every coordinate lies in its axis range (within ``rtol``); jit-friendly.
+
+        The tolerance is ``rtol * max(|lower|, |upper|, upper - lower, 1)`` per axis. NaN
+        coordinates are out of bounds.
+        """
+        point = jnp.asarray(point)
+        tol = self._tolerance(rtol)
+        inside = (point >= self.lower - tol) & (point <= self.upper + tol)
+        return jnp.all(inside, axis=-1)
+
+    def clip_to_grid(self, point: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
+        """Clip each coordinate to its axis range, shape ``(..., D)`` kept."""
+        return jnp.clip(jnp.asarray(point), self.lower, self.upper)
+
+    def evaluate(
+        self, points: Float[ArrayLike, "*N D"], bounds_error: bool = True
+    ) -> Inexact[Array, "*N *trailing"]:
+        """Eager evaluation at one point ``(D,)`` or many ``(N, D)``.
+
+        With ``bounds_error=True`` (default), raises ``ValueError`` naming the axis, the
+        offending value and the axis range when a point lies outside the grid by more than
+        ``BOUNDS_RTOL`` (points within the tolerance are clipped onto the grid). With
+        ``bounds_error=False``, extrapolates linearly from the edge cells.
+
+        Returns:
+            Shape ``trailing`` for one point, ``(N, *trailing)`` for many.
+        """
+        pts = np.asarray(points, dtype=np.float64)
+        single = pts.ndim == 1
+        pts = np.atleast_2d(pts)
+        if pts.ndim != 2 or pts.shape[1] != self.ndim:
+            raise ValueError(
+                f"points must have shape ({self.ndim},) or (N, {self.ndim}), got {np.shape(points)}"
+            )
+        if bounds_error:
+            lo, hi = np.asarray(self.lower), np.asarray(self.upper)
+            tol = np.asarray(self._tolerance(BOUNDS_RTOL))
+            for d in range(self.ndim):
+                x = pts[:, d]
+                bad = ~((x >= lo[d] - tol[d]) & (x <= hi[d] + tol[d]))
+                if bad.any():
+                    j = int(np.argmax(bad))
+                    where = "" if single else f"point {j}: "
+                    raise ValueError(
+                        f"{where}{self._label(d)} value {float(x[j])!r} is outside the grid "
+                        f"range [{float(lo[d])!r}, {float(hi[d])!r}]"
+                    )
+            pts = np.clip(pts, lo, hi)
+        out = _evaluate_batch(self, jnp.asarray(pts))
+        return out[0] if single else out
+
+
+@jax.jit
+def _evaluate_batch(interp: MultilinearInterpolator, points: Array) -> Array:
+    return jax.vmap(interp)(points)

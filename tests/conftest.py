@@ -1,0 +1,26 @@
+"""Shared test fixtures: x64 on (importing jblase does it) and the real reference data."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jblase  # noqa: F401  (turns on float64 in JAX)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PHOENIX_NPZ = SHARED_DATA / "phoenix_T4100_g2.50_Z0.0_normalized.npz"
+BLASE_CLONE = SHARED_DATA / "blase_clone_T4700_g4.50_Z0.0_prom0.01_HPF.pt"
+HPF_FITS = SHARED_DATA / "hpf_WASP-69_order_8656-8768A.fits"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"reference data {path} is absent (../shared/data next to the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def phoenix_spectrum():
+    """The real preprocessed PHOENIX spectrum (Teff 4100, log g 2.5, [Fe/H] 0): (wl, flux)."""
+    data = np.load(require(PHOENIX_NPZ))
+    return data["wavelength"], data["flux"]
