@@ -27,7 +27,14 @@ from jblase.detect import active_region, detect_lines
 from jblase.forward import _ELEMENTS_PER_CHUNK, DEFAULT_WING_CUT, synthesize
 from jblase.linelist import LineList, stack_line_lists
 
-__all__ = ["CloneResult", "CloneSettings", "clone_batch", "clone_lines", "clone_spectrum"]
+__all__ = [
+    "CloneResult",
+    "CloneSettings",
+    "clone_batch",
+    "clone_lines",
+    "clone_many",
+    "clone_spectrum",
+]
 
 OPTIMIZERS = ("adam", "amsgrad")
 
@@ -324,6 +331,27 @@ def clone_batch(
     settings = CloneSettings(
         prominence, wing_cut, epochs, learning_rate, tune_centers, profile, optimizer, compute_dtype
     )
+    return clone_many(
+        wavelength,
+        normalized_fluxes,
+        settings,
+        batch_size=batch_size,
+        progress=progress,
+        on_result=on_result,
+    )
+
+
+def clone_many(
+    wavelength: np.ndarray,
+    normalized_fluxes: np.ndarray,
+    settings: CloneSettings,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    on_result: Callable[[int, CloneResult], None] | None = None,
+) -> list[CloneResult]:
+    """:func:`clone_batch` with a :class:`CloneSettings` (the full-control form)."""
+    prominence, wing_cut = settings.prominence, settings.wing_cut
     fluxes = np.asarray(normalized_fluxes, dtype=np.float64)
     if fluxes.ndim != 2 or fluxes.shape[0] == 0:
         raise ValueError(

@@ -1,0 +1,281 @@
+"""The ``jblase`` command: fetch, synth-grid, clone, build, reconstruct, infer, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _range(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
+    parser.add_argument(flag, nargs=2, type=float, metavar=("LO", "HI"), help=f"{what} (inclusive)")
+
+
+def _selection_args(parser: argparse.ArgumentParser) -> None:
+    _range(parser, "--teff", "Teff range in K")
+    _range(parser, "--logg", "log g range in dex")
+    _range(parser, "--feh", "[Fe/H] range in dex")
+
+
+def _cmd_fetch(args) -> int:
+    from jblase.grids.phoenix import PAPER_SUBSET, GridSelection, download
+
+    selection = GridSelection.from_ranges(
+        teff=args.teff, logg=args.logg, feh=args.feh, base=PAPER_SUBSET
+    )
+    points = selection.points()
+    print(f"fetching {len(points)} PHOENIX spectra (+ wavelength file) into {args.out}")
+    paths = download(points, args.out, base_url=args.base_url, progress=not args.quiet)
+    print(f"done: {len(paths)} files in {args.out}")
+    return 0
+
+
+def _axis(spec, default):
+    import numpy as np
+
+    if spec is None:
+        return default
+    lo, hi, step = spec
+    return tuple(float(v) for v in np.round(np.arange(lo, hi + step / 2, step), 6))
+
+
+def _cmd_synth_grid(args) -> int:
+    from jblase.grids import synthetic
+
+    model = synthetic.SyntheticGridModel(
+        wl_range=tuple(args.wl) if args.wl else synthetic.SyntheticGridModel().wl_range,
+        resolution=args.resolution,
+        seed=args.seed,
+    )
+    quick = args.quick
+    teffs = _axis(args.teff, synthetic.QUICK_TEFFS if quick else synthetic.DEMO_TEFFS)
+    loggs = _axis(args.logg, synthetic.QUICK_LOGGS if quick else synthetic.DEMO_LOGGS)
+    fehs = _axis(args.feh, synthetic.QUICK_FEHS if quick else synthetic.DEMO_FEHS)
+    out = synthetic.write_grid(args.out, teffs, loggs, fehs, model=model, progress=not args.quiet)
+    n = len(teffs) * len(loggs) * len(fehs)
+    print(f"wrote {n} spectra ({model.wavelength().size} pixels each) to {out}")
+    return 0
+
+
+def _cmd_clone(args) -> int:
+    from jblase.clone import CloneSettings
+    from jblase.grids.phoenix import PhoenixGrid
+    from jblase.pipeline import clone_grid
+
+    grid = PhoenixGrid(
+        args.grid_dir,
+        wl_range=tuple(args.wl) if args.wl else None,
+        teff_range=args.teff,
+        logg_range=args.logg,
+        feh_range=args.feh,
+    )
+    settings = CloneSettings(
+        prominence=args.prominence,
+        wing_cut=args.wing_cut,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        tune_centers=not args.fixed_centers,
+        profile=args.profile,
+        optimizer=args.optimizer,
+        compute_dtype=args.dtype,
+    )
+    summary = clone_grid(
+        grid,
+        args.out,
+        settings,
+        batch_size=args.batch,
+        source={"grid_dir": str(Path(args.grid_dir).resolve()), "wl_range": args.wl},
+        progress=not args.quiet,
+    )
+    print(
+        f"{summary['total']} grid points: {summary['done']} already done, "
+        f"{summary['cloned']} cloned now -> {args.out}"
+    )
+    return 0
+
+
+def _cmd_build(args) -> int:
+    from jblase.manifold import build_manifold, directory_size
+
+    manifold = build_manifold(
+        args.clones_dir, fill_missing=args.fill_missing, progress=not args.quiet
+    )
+    manifold.save(args.out)
+    size = Path(args.out).stat().st_size
+    print(
+        f"manifold: {manifold.n_lines} lines x {manifold.shape[1:4]} grid -> {args.out} "
+        f"({size / 1e6:.2f} MB; clones {directory_size(args.clones_dir) / 1e6:.2f} MB)"
+    )
+    return 0
+
+
+def _load_generator(path, wl_range=None, dtype="float64"):
+    from jblase.generator import Generator
+    from jblase.manifold import Manifold
+
+    return Generator.from_manifold(Manifold.load(path), wl_range=wl_range, compute_dtype=dtype)
+
+
+def _cmd_reconstruct(args) -> int:
+    import numpy as np
+
+    from jblase.io import write_spectrum
+
+    gen = _load_generator(args.manifold, tuple(args.wl) if args.wl else None)
+    params = gen.check_params([args.teff, args.logg, args.feh])
+    flux = np.asarray(gen(params))
+    write_spectrum(args.out, np.asarray(gen.wavelength), flux)
+    teff, logg, feh = params
+    print(f"wrote {flux.size} pixels at Teff={teff:g} logg={logg:g} [Fe/H]={feh:g} -> {args.out}")
+    return 0
+
+
+def _cmd_infer(args) -> int:
+    from jblase.inference import infer
+    from jblase.io import read_spectrum
+
+    wavelength, flux, _ = read_spectrum(args.spectrum)
+    gen = _load_generator(args.manifold)
+    result = infer(
+        gen,
+        wavelength,
+        flux,
+        teff_prior=args.teff_prior,
+        teff_window=args.teff_window,
+        n_random=args.n_random,
+        n_guided=args.n_guided,
+        refine=not args.no_refine,
+        seed=args.seed,
+    )
+    if args.json:
+        out = {
+            "teff": result.teff,
+            "logg": result.logg,
+            "feh": result.feh,
+            "loss": result.loss,
+            "gp": result.gp,
+            "n_evaluations": result.n_evaluations,
+            "seconds": result.seconds["total"],
+        }
+        print(json.dumps(out))
+    else:
+        gp = result.gp
+        print(f"Teff   = {result.teff:8.1f} K    (GP only {gp['teff']:8.1f})")
+        print(f"log g  = {result.logg:8.3f} dex  (GP only {gp['logg']:8.3f})")
+        print(f"[Fe/H] = {result.feh:8.3f} dex  (GP only {gp['feh']:8.3f})")
+        print(
+            f"RMS loss {result.loss:.5f} (GP only {gp['loss']:.5f}); {result.n_evaluations} "
+            f"evaluations + {result.n_gradient_evaluations} gradient steps in "
+            f"{result.seconds['total']:.1f} s"
+        )
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from jblase.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jblase",
+        description="Clone synthetic stellar spectra into Voigt lines, build differentiable "
+        "generators and infer Teff / log g / [Fe/H].",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download a PHOENIX HiRes subset (paper grid by default)")
+    p.add_argument("--out", required=True, type=Path, help="local mirror / cache directory")
+    _selection_args(p)
+    p.add_argument(
+        "--base-url", default=None, help="PHOENIX HiResFITS base URL (default: the official server)"
+    )
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("synth-grid", help="write the embedded synthetic demo grid (PHOENIX layout)")
+    p.add_argument("--out", required=True, type=Path)
+    for flag, what in (("--teff", "Teff in K"), ("--logg", "log g"), ("--feh", "[Fe/H]")):
+        p.add_argument(flag, nargs=3, type=float, metavar=("LO", "HI", "STEP"), help=f"{what} axis")
+    _range(p, "--wl", "wavelength window in A")
+    p.add_argument("--resolution", type=float, default=500_000.0, help="sampling lambda/dlambda")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulator's line list")
+    p.add_argument("--quick", action="store_true", help="the small quick-demo axes")
+    p.set_defaults(func=_cmd_synth_grid)
+
+    p = sub.add_parser("clone", help="clone every selected grid spectrum (resumable)")
+    p.add_argument("grid_dir", type=Path, help="PHOENIX-layout directory (mirror or synth-grid)")
+    p.add_argument("--out", required=True, type=Path, help="clones directory")
+    _selection_args(p)
+    _range(p, "--wl", "wavelength crop in A")
+    p.add_argument("--prominence", type=float, default=0.005)
+    p.add_argument("--wing-cut", type=int, default=6000, help="pixels per line window")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
+    p.add_argument("--batch", type=int, default=8, help="spectra cloned together under vmap")
+    p.add_argument("--profile", default="pseudo_voigt", choices=["pseudo_voigt", "blase"])
+    p.add_argument("--optimizer", default="adam", choices=["adam", "amsgrad"])
+    p.add_argument(
+        "--dtype", default="float64", choices=["float64", "float32"], help="profile arithmetic"
+    )
+    p.add_argument("--fixed-centers", action="store_true", help="do not tune line centres")
+    p.set_defaults(func=_cmd_clone)
+
+    p = sub.add_parser("build", help="build the dense line manifold from a clones directory")
+    p.add_argument("clones_dir", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="manifold file (.npz)")
+    p.add_argument("--fill-missing", action="store_true", help="allow holes in the grid")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("reconstruct", help="generate a spectrum at any (Teff, log g, [Fe/H])")
+    p.add_argument("manifold", type=Path)
+    p.add_argument("--teff", type=float, required=True)
+    p.add_argument("--logg", type=float, required=True)
+    p.add_argument("--feh", type=float, required=True)
+    _range(p, "--wl", "wavelength range in A")
+    p.add_argument("--out", required=True, type=Path, help=".npz, .csv or .fits")
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("infer", help="infer Teff, log g, [Fe/H] of a normalised spectrum")
+    p.add_argument("manifold", type=Path)
+    p.add_argument("spectrum", type=Path, help=".npz (wavelength, flux), .csv or FITS table")
+    p.add_argument("--teff-prior", type=float, default=None, help="centre of the Teff window (K)")
+    p.add_argument(
+        "--teff-window", type=float, default=500.0, help="half-width of the Teff window (K)"
+    )
+    p.add_argument("--n-random", type=int, default=100)
+    p.add_argument("--n-guided", type=int, default=20)
+    p.add_argument("--no-refine", action="store_true", help="skip the gradient refinement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the embedded demo grid")
+    p.add_argument("--out", type=Path, default=Path("jblase-demo"))
+    p.add_argument("--quick", action="store_true", help="a smaller grid (a few minutes)")
+    p.set_defaults(func=_cmd_demo)
+
+    for action in sub.choices.values():
+        action.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        print(f"jblase {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The spectral generator (pipeline step 5): (Teff, log g, [Fe/H]) -> normalised flux.
+
+Interpolates every line's (centre offset, ln a, ln sigma, ln gamma) trilinearly over the grid
+(:mod:`jblase.interp`), drops lines whose interpolated ln a < -100, synthesises the spectrum
+with the windowed forward model (:mod:`jblase.forward`) and sets non-finite pixels to 1. One
+jitted function of the parameters: ``jax.vmap``-able over a batch and differentiable.
+
+Precision: line centres are float64 (identity centre + interpolated float32/64 offset); the
+manifold values may be float32; the profile arithmetic runs in ``compute_dtype``.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jblase._checks import check_wavelength
+from jblase.forward import _ELEMENTS_PER_CHUNK, DEFAULT_WING_CUT, ln_flux
+from jblase.interp import interpolate_lines
+
+__all__ = ["LN_AMPLITUDE_CUTOFF", "Generator"]
+
+#: Lines whose interpolated ln a falls below this contribute nothing (DESIGN.md step 5).
+LN_AMPLITUDE_CUTOFF = -100.0
+
+
+class Generator(eqx.Module):
+    """A differentiable spectral generator built from a line manifold.
+
+    Attributes:
+        identity_center: line identities in A, float64 (n_lines,).
+        values: (n_lines, n_teff, n_logg, n_feh, 4) of (centre - identity [A], ln a,
+            ln sigma [ln A], ln gamma [ln A]); float32 or float64.
+        axes: (teff [K], logg [dex], feh [dex]) grid axes, float64, strictly increasing.
+        wavelength: output wavelengths in A, float64 (n_pix,).
+        wavelength_padded: ``wavelength`` plus ``pad_lo`` / ``pad_hi`` extra pixels evaluated
+            and dropped, so a restricted generator sees the wings of lines just outside its
+            range exactly as the full one does.
+        wing_cut, profile, compute_dtype, chunk_size: forward-model settings (static).
+    """
+
+    identity_center: jax.Array
+    values: jax.Array
+    axes: tuple[jax.Array, jax.Array, jax.Array]
+    wavelength_padded: jax.Array
+    pad_lo: int = eqx.field(static=True)
+    pad_hi: int = eqx.field(static=True)
+    wing_cut: int = eqx.field(static=True, default=DEFAULT_WING_CUT)
+    profile: str = eqx.field(static=True, default="pseudo_voigt")
+    compute_dtype: str = eqx.field(static=True, default="float64")
+    chunk_size: int | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        n_lines = self.identity_center.shape[0]
+        grid = tuple(a.shape[0] for a in self.axes)
+        if self.values.shape != (n_lines, *grid, 4):
+            raise ValueError(
+                f"values has shape {self.values.shape}, expected {(n_lines, *grid, 4)}"
+            )
+        if self.wavelength_padded.shape[0] <= self.pad_lo + self.pad_hi:
+            raise ValueError("generator has no output pixels")
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_arrays(
+        cls,
+        identity_center,
+        values,
+        axes,
+        wavelength_aa,
+        *,
+        wing_cut: int = DEFAULT_WING_CUT,
+        profile: str = "pseudo_voigt",
+        compute_dtype: str = "float64",
+        chunk_size: int | None = None,
+    ) -> Generator:
+        """Build from raw manifold arrays (see the class attributes for shapes and units)."""
+        wl = check_wavelength(wavelength_aa)
+        identity = np.asarray(identity_center, np.float64)
+        order = np.argsort(identity, kind="stable")
+        return cls(
+            identity_center=jnp.asarray(identity[order]),
+            values=jnp.asarray(np.asarray(values)[order]),
+            axes=tuple(jnp.asarray(np.asarray(a, np.float64)) for a in axes),
+            wavelength_padded=jnp.asarray(wl),
+            pad_lo=0,
+            pad_hi=0,
+            wing_cut=int(wing_cut),
+            profile=profile,
+            compute_dtype=compute_dtype,
+            chunk_size=chunk_size,
+        )
+
+    @classmethod
+    def from_manifold(
+        cls,
+        manifold,
+        wl_range: tuple[float, float] | None = None,
+        *,
+        wing_cut: int | None = None,
+        profile: str | None = None,
+        compute_dtype: str = "float64",
+        chunk_size: int | None = None,
+    ) -> Generator:
+        """Build from a :class:`jblase.manifold.Manifold`; wing cut and profile default to the
+        clone settings stored in it, so reconstructions at grid points reproduce the clones."""
+        settings = dict(manifold.settings)
+        gen = cls.from_arrays(
+            manifold.identity_center,
+            manifold.params,
+            manifold.axes,
+            manifold.wavelength,
+            wing_cut=wing_cut or int(settings.get("wing_cut", DEFAULT_WING_CUT)),
+            profile=profile or settings.get("profile", "pseudo_voigt"),
+            compute_dtype=compute_dtype,
+            chunk_size=chunk_size,
+        )
+        return gen if wl_range is None else gen.restrict(*wl_range)
+
+    def restrict(self, wl_min: float, wl_max: float) -> Generator:
+        """A generator for the pixels in [wl_min, wl_max] A that evaluates only lines that matter.
+
+        Lines whose windows cannot reach the range are dropped, and ``wing_cut // 2`` extra
+        pixels are evaluated on each side so the result equals the full generator's pixels.
+        """
+        wl = np.asarray(self.wavelength)
+        if not wl_min < wl_max:
+            raise ValueError(f"need wl_min < wl_max, got {wl_min}, {wl_max}")
+        inner = np.flatnonzero((wl >= wl_min) & (wl <= wl_max))
+        if inner.size < 1:
+            raise ValueError(
+                f"wavelength range [{wl_min}, {wl_max}] A selects no pixels of the generator's "
+                f"range [{wl[0]:.3f}, {wl[-1]:.3f}] A"
+            )
+        full = np.asarray(self.wavelength_padded)
+        first, last = inner[0] + self.pad_lo, inner[-1] + self.pad_lo
+        # Lines within wing_cut/2 pixels (+ 5 A for centre offsets) can reach the range.
+        reach = self.wing_cut // 2 + 1
+        lo, hi = max(first - reach, 0), min(last + reach, full.size - 1)
+        identity = np.asarray(self.identity_center)
+        keep = (identity >= full[lo] - 5.0) & (identity <= full[hi] + 5.0)
+        start = int(np.searchsorted(full, full[lo] - 5.0))
+        stop = int(np.searchsorted(full, full[hi] + 5.0, side="right")) - 1
+        return Generator(
+            identity_center=self.identity_center[keep],
+            values=self.values[keep],
+            axes=self.axes,
+            wavelength_padded=jnp.asarray(full[start : stop + 1]),
+            pad_lo=int(first - start),
+            pad_hi=int(stop - last),
+            wing_cut=self.wing_cut,
+            profile=self.profile,
+            compute_dtype=self.compute_dtype,
+            chunk_size=self.chunk_size,
+        )
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def wavelength(self) -> jax.Array:
+        """Output wavelengths in A, float64 (n_pix,)."""
+        n = self.wavelength_padded.shape[0]
+        return self.wavelength_padded[self.pad_lo : n - self.pad_hi]
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.identity_center.shape[0])
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """(3, 2) array of [min, max] per parameter (Teff K, log g dex, [Fe/H] dex)."""
+        return np.array([[float(a[0]), float(a[-1])] for a in self.axes])
+
+    def in_bounds(self, params) -> jax.Array:
+        """True where ``params`` (..., 3) lies inside the grid (jit-friendly)."""
+        p = jnp.asarray(params)
+        lo = jnp.stack([a[0] for a in self.axes])
+        hi = jnp.stack([a[-1] for a in self.axes])
+        tol = 1e-9 * jnp.maximum(jnp.abs(hi - lo), 1.0)
+        return jnp.all((p >= lo - tol) & (p <= hi + tol), axis=-1)
+
+    def check_params(self, params) -> np.ndarray:
+        """Eager check: return params as float64 (3,) or raise ValueError naming the parameter."""
+        p = np.asarray(params, dtype=np.float64)
+        if p.shape != (3,):
+            raise ValueError(f"params must be (teff, logg, feh), got shape {p.shape}")
+        for name, value, (lo, hi) in zip(("teff", "logg", "feh"), p, self.bounds, strict=True):
+            tol = 1e-9 * max(hi - lo, 1.0)
+            if not (np.isfinite(value) and lo - tol <= value <= hi + tol):
+                raise ValueError(f"{name} = {value} is outside the grid range [{lo}, {hi}]")
+        return p
+
+    # ----------------------------------------------------------------- evaluation
+    def line_parameters(self, params):
+        """Interpolated (center [A] float64, ln a, ln sigma, ln gamma, mask), each (n_lines,)."""
+        theta = jnp.asarray(params, jnp.float64)
+        v = interpolate_lines(self.values, self.axes, theta)
+        center = self.identity_center + v[:, 0].astype(jnp.float64)
+        ln_a = v[:, 1].astype(jnp.float64)
+        mask = ln_a >= LN_AMPLITUDE_CUTOFF
+        return center, ln_a, v[:, 2].astype(jnp.float64), v[:, 3].astype(jnp.float64), mask
+
+    def __call__(self, params) -> jax.Array:
+        """Normalised flux (n_pix,) at ``params = (teff [K], logg [dex], feh [dex])``.
+
+        Jitted; outside the grid the interpolation extrapolates linearly (use
+        :meth:`check_params` or :meth:`in_bounds` first).
+        """
+        return _generate(self, jnp.asarray(params, jnp.float64))
+
+    def batch(self, params, batch_size: int = 32) -> jax.Array:
+        """Fluxes (n, n_pix) for ``params`` (n, 3), ``batch_size`` spectra per vmapped step."""
+        p = jnp.atleast_2d(jnp.asarray(params, jnp.float64))
+        n = p.shape[0]
+        batch_size = max(1, min(batch_size, n))
+        n_steps = -(-n // batch_size)
+        padded = jnp.concatenate([p, jnp.repeat(p[-1:], n_steps * batch_size - n, axis=0)])
+        out = _generate_batches(self, padded.reshape(n_steps, batch_size, 3))
+        return out.reshape(n_steps * batch_size, -1)[:n]
+
+
+def _flux(gen: Generator, params, chunk_size):
+    center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
+    lnf = ln_flux(
+        gen.wavelength_padded,
+        center,
+        ln_a,
+        ln_s,
+        ln_g,
+        mask,
+        wing_cut=gen.wing_cut,
+        profile=gen.profile,
+        chunk_size=chunk_size,
+        compute_dtype=jnp.dtype(gen.compute_dtype),
+    )
+    flux = jnp.exp(lnf)
+    flux = jnp.where(jnp.isfinite(flux), flux, 1.0)
+    n = flux.shape[0]
+    return flux[gen.pad_lo : n - gen.pad_hi]
+
+
+@eqx.filter_jit
+def _generate(gen: Generator, params):
+    return _flux(gen, params, gen.chunk_size)
+
+
+@eqx.filter_jit
+def _generate_batches(gen: Generator, params_batches):
+    batch = params_batches.shape[1]
+    chunk = gen.chunk_size or max(1, _ELEMENTS_PER_CHUNK // (gen.wing_cut * batch))
+    one_batch = jax.vmap(lambda p: _flux(gen, p, chunk))
+    return jax.lax.map(one_batch, params_batches)
