@@ -9,7 +9,24 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from jblase.linelist import LineList  # noqa: E402
-
 __version__ = "0.1.0"
-__all__ = ["LineList", "__version__"]
+
+from jblase.clone import CloneResult, CloneSettings, clone_batch, clone_spectrum  # noqa: E402
+from jblase.generator import Generator  # noqa: E402
+from jblase.inference import InferenceResult, infer  # noqa: E402
+from jblase.linelist import LineList  # noqa: E402
+from jblase.manifold import Manifold, build_manifold  # noqa: E402
+
+__all__ = [
+    "CloneResult",
+    "CloneSettings",
+    "Generator",
+    "InferenceResult",
+    "LineList",
+    "Manifold",
+    "__version__",
+    "build_manifold",
+    "clone_batch",
+    "clone_spectrum",
+    "infer",
+]

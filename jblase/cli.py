@@ -106,7 +106,7 @@ def _cmd_build(args) -> int:
     manifold.save(args.out)
     size = Path(args.out).stat().st_size
     print(
-        f"manifold: {manifold.n_lines} lines x {manifold.shape[1:4]} grid -> {args.out} "
+        f"manifold: {manifold.n_lines} lines x {manifold.shape} grid -> {args.out} "
         f"({size / 1e6:.2f} MB; clones {directory_size(args.clones_dir) / 1e6:.2f} MB)"
     )
     return 0

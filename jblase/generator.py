@@ -20,10 +20,15 @@ from jblase._checks import check_wavelength
 from jblase.forward import _ELEMENTS_PER_CHUNK, DEFAULT_WING_CUT, ln_flux
 from jblase.interp import interpolate_lines
 
-__all__ = ["LN_AMPLITUDE_CUTOFF", "Generator"]
+__all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator"]
 
 #: Lines whose interpolated ln a falls below this contribute nothing (DESIGN.md step 5).
 LN_AMPLITUDE_CUTOFF = -100.0
+#: "log": trilinear in ln a, as the paper (a line absent at any corner of a cell, ln a = -1000,
+#: vanishes a hair away from the points where it was detected). "linear": trilinear in a, so a
+#: line fades linearly to zero towards the grid points where it was not detected. Both
+#: reproduce every grid point's clone exactly.
+AMPLITUDE_INTERPOLATIONS = ("linear", "log")
 
 
 class Generator(eqx.Module):
@@ -39,6 +44,9 @@ class Generator(eqx.Module):
             and dropped, so a restricted generator sees the wings of lines just outside its
             range exactly as the full one does.
         wing_cut, profile, compute_dtype, chunk_size: forward-model settings (static).
+        amplitude_interpolation: ``"linear"`` (default; ``values[..., 1]`` then holds a) or
+            ``"log"`` (the paper's; ``values[..., 1]`` holds ln a). See
+            :data:`AMPLITUDE_INTERPOLATIONS`.
     """
 
     identity_center: jax.Array
@@ -51,6 +59,7 @@ class Generator(eqx.Module):
     profile: str = eqx.field(static=True, default="pseudo_voigt")
     compute_dtype: str = eqx.field(static=True, default="float64")
     chunk_size: int | None = eqx.field(static=True, default=None)
+    amplitude_interpolation: str = eqx.field(static=True, default="linear")
 
     def __check_init__(self):
         n_lines = self.identity_center.shape[0]
@@ -58,6 +67,11 @@ class Generator(eqx.Module):
         if self.values.shape != (n_lines, *grid, 4):
             raise ValueError(
                 f"values has shape {self.values.shape}, expected {(n_lines, *grid, 4)}"
+            )
+        if self.amplitude_interpolation not in AMPLITUDE_INTERPOLATIONS:
+            raise ValueError(
+                f"amplitude_interpolation must be one of {AMPLITUDE_INTERPOLATIONS}, "
+                f"got {self.amplitude_interpolation!r}"
             )
         if self.wavelength_padded.shape[0] <= self.pad_lo + self.pad_hi:
             raise ValueError("generator has no output pixels")
@@ -75,14 +89,19 @@ class Generator(eqx.Module):
         profile: str = "pseudo_voigt",
         compute_dtype: str = "float64",
         chunk_size: int | None = None,
+        amplitude_interpolation: str = "linear",
     ) -> Generator:
-        """Build from raw manifold arrays (see the class attributes for shapes and units)."""
+        """Build from raw manifold arrays; ``values[..., 1]`` holds ln a (shapes and units as
+        the class attributes)."""
         wl = check_wavelength(wavelength_aa)
         identity = np.asarray(identity_center, np.float64)
         order = np.argsort(identity, kind="stable")
+        values = np.array(values)[order]
+        if amplitude_interpolation == "linear":
+            values[..., 1] = np.exp(values[..., 1])
         return cls(
             identity_center=jnp.asarray(identity[order]),
-            values=jnp.asarray(np.asarray(values)[order]),
+            values=jnp.asarray(values),
             axes=tuple(jnp.asarray(np.asarray(a, np.float64)) for a in axes),
             wavelength_padded=jnp.asarray(wl),
             pad_lo=0,
@@ -91,6 +110,7 @@ class Generator(eqx.Module):
             profile=profile,
             compute_dtype=compute_dtype,
             chunk_size=chunk_size,
+            amplitude_interpolation=amplitude_interpolation,
         )
 
     @classmethod
@@ -103,6 +123,7 @@ class Generator(eqx.Module):
         profile: str | None = None,
         compute_dtype: str = "float64",
         chunk_size: int | None = None,
+        amplitude_interpolation: str = "linear",
     ) -> Generator:
         """Build from a :class:`jblase.manifold.Manifold`; wing cut and profile default to the
         clone settings stored in it, so reconstructions at grid points reproduce the clones."""
@@ -116,6 +137,7 @@ class Generator(eqx.Module):
             profile=profile or settings.get("profile", "pseudo_voigt"),
             compute_dtype=compute_dtype,
             chunk_size=chunk_size,
+            amplitude_interpolation=amplitude_interpolation,
         )
         return gen if wl_range is None else gen.restrict(*wl_range)
 
@@ -154,6 +176,7 @@ class Generator(eqx.Module):
             profile=self.profile,
             compute_dtype=self.compute_dtype,
             chunk_size=self.chunk_size,
+            amplitude_interpolation=self.amplitude_interpolation,
         )
 
     # ----------------------------------------------------------------- properties
@@ -197,8 +220,13 @@ class Generator(eqx.Module):
         theta = jnp.asarray(params, jnp.float64)
         v = interpolate_lines(self.values, self.axes, theta)
         center = self.identity_center + v[:, 0].astype(jnp.float64)
-        ln_a = v[:, 1].astype(jnp.float64)
-        mask = ln_a >= LN_AMPLITUDE_CUTOFF
+        if self.amplitude_interpolation == "linear":
+            amplitude = v[:, 1].astype(jnp.float64)
+            mask = amplitude >= np.exp(LN_AMPLITUDE_CUTOFF)
+            ln_a = jnp.log(jnp.where(mask, amplitude, 1.0))
+        else:
+            ln_a = v[:, 1].astype(jnp.float64)
+            mask = ln_a >= LN_AMPLITUDE_CUTOFF
         return center, ln_a, v[:, 2].astype(jnp.float64), v[:, 3].astype(jnp.float64), mask
 
     def __call__(self, params) -> jax.Array:

@@ -7,10 +7,12 @@ best point with L-BFGS-B on gradients taken through the differentiable generator
 grid. The model is resampled (linearly) onto the data's wavelengths, and only the lines near the
 data's range are evaluated.
 
-``gp_minimize`` settings: with its defaults (``acq_optimizer="lbfgs"`` from 10,000 points, five
-restarts) the surrogate costs seconds per guided call. jblase uses ``acq_optimizer="sampling"``
-over ``n_points=2000`` candidates with ``acq_func="EI"``: the acquisition is still maximised over
-a dense random cover of a 3-D box, while the gradient refinement takes care of the last digits.
+``gp_minimize`` settings: with its defaults (``acq_optimizer="lbfgs"`` from 10,000 points with
+five restarts, and a surrogate whose kernel hyperparameters are refitted from three starts at
+every call) the surrogate costs seconds per guided call. jblase fits the kernel from one start
+(``gp_restarts=0``: the fit is redone at each call anyway, on a growing data set) and maximises
+``acq_func="EI"`` by ``acq_optimizer="sampling"`` over ``n_points=2000`` random candidates, a
+dense cover of the 3-D box; the gradient refinement then takes care of the last digits.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def infer(
     acq_func: str = "EI",
     acq_optimizer: str = "sampling",
     n_points: int = 2000,
+    gp_restarts: int = 0,
     max_refine_iterations: int = 50,
 ) -> InferenceResult:
     """Infer (Teff, log g, [Fe/H]) of a normalised spectrum.
@@ -144,9 +147,13 @@ def infer(
         seed: seeds the random points and gp_minimize.
         batch_size: spectra per vmapped step when evaluating the random points.
         acq_func, acq_optimizer, n_points: passed to ``gp_minimize`` (see module docstring).
+        gp_restarts: restarts of the surrogate's kernel-hyperparameter fit at every guided call
+            (scikit-optimize's default is 2; each restart costs a full fit).
         max_refine_iterations: L-BFGS-B iteration cap.
     """
     from skopt import gp_minimize
+    from skopt.space import Space
+    from skopt.utils import cook_estimator
 
     t_start = time.perf_counter()
     if n_random < 1 or n_guided < 0:
@@ -177,9 +184,18 @@ def infer(
     if n_guided > 0:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The objective has been evaluated")
+            dimensions = [tuple(b) for b in bounds]
+            surrogate = cook_estimator(
+                "GP",
+                space=Space(dimensions),
+                random_state=seed,
+                noise="gaussian",
+                n_restarts_optimizer=gp_restarts,
+            )
             res = gp_minimize(
                 objective,
-                [tuple(b) for b in bounds],
+                dimensions,
+                base_estimator=surrogate,
                 x0=[list(x) for x in x0],
                 y0=[float(y) for y in y0],
                 n_calls=n_guided,

@@ -381,7 +381,8 @@ def load_line_list(path: str | os.PathLike) -> tuple[LineList, dict[str, Any]]:
     path = Path(path)
     _require_file(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Open the handle ourselves: np.load leaks the one it opens when the zip is unreadable.
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
             fmt = str(npz["format"][()]) if "format" in npz.files else None
             if fmt == CLONE_FORMAT:
                 version = int(npz["format_version"])

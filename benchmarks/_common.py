@@ -1,0 +1,83 @@
+"""Shared helpers for the benchmark scripts: machine info, timing, JSON output, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def machine_info() -> dict:
+    import equinox
+    import optax
+    import scipy
+
+    import jblase
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "versions": {
+            "jblase": jblase.__version__,
+            "jax": jax.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "optax": optax.__version__,
+            "equinox": equinox.__version__,
+        },
+    }
+
+
+def timeit(fn, repeats: int = 5, warmup: int = 1) -> dict:
+    """Median, min and max wall time (s) of ``fn()`` (which must block until done)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": repeats}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def write_results(name: str, payload: dict, out_dir: Path | None = None) -> Path:
+    out_dir = Path(out_dir or os.environ.get("JBLASE_BENCH_OUT", RESULTS))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine_info(), **payload}
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    print(f"\nwrote {path}")
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).rjust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,112 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jblase.forward import synthesize
+from jblase.generator import Generator
+
+AXES = (np.array([4000.0, 4500.0, 5000.0, 6000.0]), np.array([4.0, 4.5]), np.array([-0.5, 0.0]))
+
+
+def _random_manifold(n_lines=200, n_pix=12000, seed=0):
+    rng = np.random.default_rng(seed)
+    wl = 8500.0 * (1 + 1 / 500_000) ** np.arange(n_pix)
+    identity = np.round(np.sort(rng.uniform(wl[0] + 1, wl[-1] - 1, n_lines)), 2)
+    shape = (n_lines, *(a.size for a in AXES))
+    values = np.stack(
+        [
+            rng.normal(0.0, 0.005, shape),
+            rng.uniform(-5.0, -1.0, shape),
+            np.log(rng.uniform(0.01, 0.03, shape)),
+            np.log(rng.uniform(0.005, 0.02, shape)),
+        ],
+        axis=-1,
+    ).astype(np.float32)
+    values[..., 1][rng.random(shape) < 0.25] = -1000.0
+    return identity, values, wl
+
+
+@pytest.fixture(scope="module")
+def generator():
+    identity, values, wl = _random_manifold()
+    return Generator.from_arrays(identity, values, AXES, wl, wing_cut=2000)
+
+
+def test_grid_point_reproduces_the_node_lines(generator):
+    identity = np.asarray(generator.identity_center)
+    values = np.asarray(generator.values)
+    wl = np.asarray(generator.wavelength)
+    for i, j, k in [(0, 0, 0), (1, 0, 1), (3, 1, 1), (2, 1, 0)]:
+        v = values[:, i, j, k].astype(np.float64)
+        present = v[:, 1] > -100
+        expected = synthesize(
+            wl, identity + v[:, 0], v[:, 1], v[:, 2], v[:, 3], present, wing_cut=2000
+        )
+        got = generator(jnp.array([AXES[0][i], AXES[1][j], AXES[2][k]]))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_off_grid_interpolates_line_parameters(generator):
+    theta = np.array([4700.0, 4.2, -0.1])
+    center, ln_a, ln_s, ln_g, mask = generator.line_parameters(theta)
+    # Trilinear weights by hand for one line
+    values = np.asarray(generator.values, np.float64)
+    t = [(4700 - 4500) / 500, (4.2 - 4.0) / 0.5, (-0.1 + 0.5) / 0.5]
+    expected = 0.0
+    for ci in (0, 1):
+        for cj in (0, 1):
+            for ck in (0, 1):
+                w = (t[0] if ci else 1 - t[0]) * (t[1] if cj else 1 - t[1]) * (t[2] if ck else 1 - t[2])
+                expected = expected + w * values[:, 1 + ci, cj, ck]
+    np.testing.assert_allclose(ln_a, expected[:, 1], rtol=1e-6)
+    np.testing.assert_array_equal(mask, expected[:, 1] >= -100)
+
+
+def test_restricted_generator_equals_the_full_one(generator):
+    wl = np.asarray(generator.wavelength)
+    lo, hi = wl[3000], wl[4500]
+    small = generator.restrict(lo, hi)
+    assert small.n_lines < generator.n_lines
+    theta = jnp.array([4800.0, 4.3, -0.2])
+    inside = (wl >= lo) & (wl <= hi)
+    np.testing.assert_array_equal(np.asarray(small.wavelength), wl[inside])
+    np.testing.assert_allclose(small(theta), generator(theta)[inside], rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="selects no pixels"):
+        generator.restrict(100.0, 200.0)
+
+
+def test_vmap_and_batch_equal_single_calls(generator):
+    rng = np.random.default_rng(3)
+    thetas = jnp.asarray(
+        np.c_[rng.uniform(4000, 6000, 64), rng.uniform(4.0, 4.5, 64), rng.uniform(-0.5, 0.0, 64)]
+    )
+    single = jnp.stack([generator(t) for t in thetas[:8]])
+    np.testing.assert_allclose(jax.vmap(generator)(thetas)[:8], single, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(generator.batch(thetas, batch_size=10)[:8], single, atol=1e-13)
+    assert generator.batch(thetas, batch_size=10).shape == (64, generator.wavelength.shape[0])
+
+
+def test_gradient_matches_finite_differences():
+    identity, values, wl = _random_manifold(n_lines=80, n_pix=6000, seed=5)
+    # float64 values so finite differences are not swamped by float32 rounding
+    generator = Generator.from_arrays(identity, values.astype(np.float64), AXES, wl, wing_cut=2000)
+    theta = jnp.array([4730.0, 4.21, -0.13])
+    target = generator(jnp.array([4800.0, 4.3, -0.2]))
+    loss = lambda p: jnp.mean((generator(p) - target) ** 2)  # noqa: E731
+    grad = np.asarray(jax.grad(loss)(theta))
+    for i, eps in enumerate((1e-3, 1e-6, 1e-6)):
+        step = np.zeros(3)
+        step[i] = eps
+        fd = (loss(theta + step) - loss(theta - step)) / (2 * eps)
+        assert grad[i] == pytest.approx(float(fd), rel=1e-4, abs=1e-14)
+    assert np.all(np.isfinite(jax.grad(loss)(jnp.array([4500.0, 4.0, -0.5]))))
+
+
+def test_bounds_checks(generator):
+    assert bool(generator.in_bounds(jnp.array([4500.0, 4.2, -0.1])))
+    assert not bool(generator.in_bounds(jnp.array([3900.0, 4.2, -0.1])))
+    with pytest.raises(ValueError, match=r"logg = 5.0 is outside the grid range \[4.0, 4.5\]"):
+        generator.check_params([4500.0, 5.0, 0.0])
+    with pytest.raises(ValueError, match="teff"):
+        generator.check_params([np.nan, 4.2, 0.0])

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from jblase.generator import Generator
+from jblase.inference import infer
+
+from .test_generator import AXES, _random_manifold
+
+
+@pytest.fixture(scope="module")
+def generator():
+    identity, values, wl = _random_manifold(n_lines=250, n_pix=9000, seed=11)
+    return Generator.from_arrays(identity, values, AXES, wl, wing_cut=1500)
+
+
+@pytest.fixture(scope="module")
+def star(generator):
+    truth = np.array([4730.0, 4.31, -0.22])
+    wl = np.asarray(generator.wavelength)
+    # Data on its own, coarser wavelength grid inside the model's range
+    data_wl = np.linspace(wl[200], wl[-200], 4000)
+    data = np.interp(data_wl, wl, np.asarray(generator(truth)))
+    return truth, data_wl, data
+
+
+def test_recovers_parameters_and_refinement_helps(generator, star):
+    truth, wl, flux = star
+    res = infer(generator, wl, flux, teff_prior=4800.0, n_random=60, n_guided=10, seed=0)
+    gp = np.array([res.gp["teff"], res.gp["logg"], res.gp["feh"]])
+    assert res.n_evaluations == 70
+    assert res.loss <= res.gp["loss"]
+    assert np.all(np.abs(res.params - truth) <= np.abs(gp - truth) + [1.0, 0.005, 0.005])
+    assert abs(res.teff - truth[0]) < 10 and abs(res.logg - truth[1]) < 0.02
+    assert abs(res.feh - truth[2]) < 0.02
+    assert 4300.0 <= res.teff <= 5300.0
+    assert set(res.seconds) == {"random", "gp", "refine", "total"}
+
+
+def test_same_seed_same_answer(generator, star):
+    _, wl, flux = star
+    a = infer(generator, wl, flux, n_random=20, n_guided=3, refine=False, seed=4)
+    b = infer(generator, wl, flux, n_random=20, n_guided=3, refine=False, seed=4)
+    assert a.params.tolist() == b.params.tolist()
+
+
+def test_nan_pixels_are_left_out_with_a_warning(generator, star):
+    truth, wl, flux = star
+    bad = flux.copy()
+    bad[100:150] = np.nan
+    with pytest.warns(UserWarning, match="50 non-finite flux pixels"):
+        res = infer(generator, wl, bad, teff_prior=4800.0, n_random=30, n_guided=2, seed=1)
+    assert res.n_masked_pixels == 50 and np.isfinite(res.loss)
+    with pytest.raises(ValueError, match="finite pixels"):
+        infer(generator, wl, np.full_like(flux, np.nan))
+
+
+def test_bad_requests_get_clear_errors(generator, star):
+    _, wl, flux = star
+    with pytest.raises(ValueError, match="beyond the generator's range"):
+        infer(generator, wl + 500.0, flux)
+    with pytest.raises(ValueError, match=r"teff_prior = 9000.0 K is outside the grid range"):
+        infer(generator, wl, flux, teff_prior=9000.0)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        infer(generator, wl[::-1], flux)
