@@ -13,7 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_CLONE_SETTINGS", "demo_axes", "prepare_manifold", "run_demo"]
+
+
+def _demo_clone_settings():
+    from jblase.clone import CloneSettings
+
+    # The paper's settings; float32 profile arithmetic (offsets stay float64) for speed.
+    return CloneSettings(compute_dtype="float32")
+
+
+DEMO_CLONE_SETTINGS = _demo_clone_settings()
 
 
 def _test_stars(axes, n: int, seed: int) -> np.ndarray:
@@ -29,57 +39,74 @@ def _stage(msg: str) -> None:
     print(f"\n== {msg}", flush=True)
 
 
-def run_demo(out: str | Path = "jblase-demo", quick: bool = False, progress: bool = True) -> dict:
-    """Run the demo into ``out``; returns the summary written to ``out/summary.json``."""
-    import matplotlib
+def demo_axes(quick: bool = False) -> tuple[tuple[float, ...], ...]:
+    """(teffs, loggs, fehs) of the demo grid (``quick``: the smaller one)."""
+    from jblase.grids import synthetic
 
-    matplotlib.use("Agg")
+    if quick:
+        return synthetic.QUICK_TEFFS, synthetic.QUICK_LOGGS, synthetic.QUICK_FEHS
+    return synthetic.DEMO_TEFFS, synthetic.DEMO_LOGGS, synthetic.DEMO_FEHS
 
-    from jblase.clone import CloneSettings
-    from jblase.generator import Generator
+
+def prepare_manifold(out: str | Path, quick: bool = False, progress: bool = True, timings=None):
+    """Stages 1-3 of the demo (grid, clones, manifold) in ``out``, resuming finished work.
+
+    Returns ``(manifold, model)``: the loaded :class:`~jblase.manifold.Manifold` and the
+    :class:`~jblase.grids.synthetic.SyntheticGridModel` that wrote the grid (the truth).
+    """
     from jblase.grids import synthetic
     from jblase.grids.phoenix import PhoenixGrid
-    from jblase.inference import infer
     from jblase.manifold import Manifold, build_manifold, directory_size
     from jblase.pipeline import clone_grid
-    from jblase.preprocess import normalize
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    axes = (
-        (synthetic.QUICK_TEFFS, synthetic.QUICK_LOGGS, synthetic.QUICK_FEHS)
-        if quick
-        else (synthetic.DEMO_TEFFS, synthetic.DEMO_LOGGS, synthetic.DEMO_FEHS)
-    )
+    timings = {} if timings is None else timings
+    axes = demo_axes(quick)
     n_points = int(np.prod([len(a) for a in axes]))
+    t = time.perf_counter()
     _stage(f"1/5 writing the synthetic demo grid: {n_points} spectra")
     model = synthetic.SyntheticGridModel()
     grid_dir = synthetic.write_grid(out / "grid", *axes, model=model, progress=progress)
-    timings["grid"] = time.perf_counter() - t0
+    timings["grid"] = time.perf_counter() - t
 
     _stage("2/5 cloning every grid spectrum (batched; resumes if interrupted)")
     t = time.perf_counter()
-    settings = CloneSettings(compute_dtype="float32")
     grid = PhoenixGrid(grid_dir)
-    summary = clone_grid(grid, out / "clones", settings, batch_size=8, progress=progress)
+    summary = clone_grid(grid, out / "clones", DEMO_CLONE_SETTINGS, batch_size=8, progress=progress)
     print(f"   {summary['cloned']} cloned, {summary['done']} already done")
     timings["clone"] = time.perf_counter() - t
 
     _stage("3/5 building the line manifold")
     t = time.perf_counter()
     manifold_path = out / "manifold.npz"
-    manifold = build_manifold(out / "clones", progress=progress)
-    manifold.save(manifold_path)
+    if not manifold_path.exists() or summary["cloned"]:
+        build_manifold(out / "clones", progress=progress).save(manifold_path)
     manifold = Manifold.load(manifold_path)
+    grid_shape = "x".join(str(len(a)) for a in axes)
     print(
-        f"   {manifold.n_lines} lines x {len(axes[0])}x{len(axes[1])}x{len(axes[2])} grid; "
+        f"   {manifold.n_lines} lines x {grid_shape} grid; "
         f"{manifold_path.stat().st_size / 1e6:.2f} MB (clones: "
         f"{directory_size(out / 'clones') / 1e6:.2f} MB)"
     )
     timings["manifold"] = time.perf_counter() - t
+    return manifold, model
+
+
+def run_demo(out: str | Path = "jblase-demo", quick: bool = False, progress: bool = True) -> dict:
+    """Run the demo into ``out``; returns the summary written to ``out/summary.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from jblase.generator import Generator
+    from jblase.inference import infer
+    from jblase.preprocess import normalize
+
+    out = Path(out)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    manifold, model = prepare_manifold(out, quick=quick, progress=progress, timings=timings)
 
     generator = Generator.from_manifold(manifold)
     wavelength = np.asarray(generator.wavelength)

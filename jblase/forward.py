@@ -26,7 +26,18 @@ import numpy as np
 from jblase.linelist import LineList
 from jblase.profiles import get_components
 
-__all__ = ["DEFAULT_WING_CUT", "ln_flux", "synthesize", "synthesize_lines"]
+__all__ = [
+    "DEFAULT_FLUX_TOLERANCE",
+    "DEFAULT_WING_CUT",
+    "WINDOW_SIZES",
+    "batched_window_groups",
+    "ln_flux",
+    "ln_flux_grouped",
+    "required_half_width_aa",
+    "synthesize",
+    "synthesize_lines",
+    "window_groups",
+]
 
 DEFAULT_WING_CUT = 6000
 #: Largest absorption a_j V_j kept before the log (DESIGN.md step 3).
@@ -169,3 +180,203 @@ def synthesize_lines(wavelength_aa, lines: LineList, **kwargs):
         lines.mask,
         **kwargs,
     )
+
+
+# --------------------------------------------------------------------------- adaptive windows
+#: Window sizes (pixels) that lines are grouped into; the largest group uses ``wing_cut``.
+WINDOW_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+#: Default flux tolerance of adaptive windows against the full ``wing_cut`` windows.
+DEFAULT_FLUX_TOLERANCE = 1e-4
+#: Share of the flux tolerance that one line's truncated wing may use at its window edge;
+#: the rest is headroom for the wings of many lines overlapping at one pixel.
+_LINE_SHARE = 0.05
+
+
+def required_half_width_aa(ln_amplitude, ln_sigma, ln_gamma, profile: str, tolerance: float):
+    """Distance (A) beyond which one line's absorption a V(x) stays below ``tolerance``.
+
+    NumPy, float64, shape (n_lines,). Lorentzian wing: c_l / (h^2 + x^2) < tol / 2; Gaussian
+    wing: c_g exp(-k x^2) < tol / 2 (both from the per-line mixture coefficients).
+    """
+    c_l, h2, c_g, k_g = (
+        np.asarray(c, np.float64)
+        for c in _line_coefficients(
+            jnp.asarray(ln_amplitude),
+            jnp.asarray(ln_sigma),
+            jnp.asarray(ln_gamma),
+            jnp.ones(np.shape(ln_amplitude)),
+            profile,
+            jnp.float64,
+        )
+    )
+    half_tol = 0.5 * tolerance
+    x2_l = c_l / half_tol - h2
+    with np.errstate(divide="ignore"):
+        x2_g = np.log(np.maximum(c_g, 1e-300) / half_tol) / k_g
+    return np.sqrt(np.maximum(np.maximum(x2_l, x2_g), 0.0))
+
+
+def window_groups(
+    wavelength_aa,
+    center,
+    ln_amplitude,
+    ln_sigma,
+    ln_gamma,
+    mask=None,
+    *,
+    wing_cut: int = DEFAULT_WING_CUT,
+    profile: str = "pseudo_voigt",
+    flux_tolerance: float = DEFAULT_FLUX_TOLERANCE,
+    sizes: tuple[int, ...] = WINDOW_SIZES,
+    margin: float = 1.0,
+) -> tuple[tuple[int, np.ndarray], ...]:
+    """Group lines by the window (pixels) their wings need; NumPy, outside ``jit``.
+
+    Args:
+        center, ln_amplitude, ln_sigma, ln_gamma: line parameters, shape (..., n_lines); a
+            leading batch axis gives groups shared by the batch (each line slot gets the
+            largest window any spectrum needs for it).
+        mask: optional bool (..., n_lines); masked lines need no window.
+        flux_tolerance: target max |flux - flux(wing_cut windows)| (normalised flux).
+        sizes: candidate window widths; lines needing more than the largest get ``wing_cut``.
+        margin: factor on the required half-width (headroom for parameters that will change).
+
+    Returns:
+        ``((window, indices), ...)`` with ``indices`` int arrays of line slots, one per
+        non-empty window size, in increasing window order.
+    """
+    windows, choice = _window_choice(
+        wavelength_aa,
+        center,
+        ln_amplitude,
+        ln_sigma,
+        ln_gamma,
+        mask,
+        wing_cut,
+        profile,
+        flux_tolerance,
+        sizes,
+        margin,
+    )
+    choice = choice.reshape(-1, choice.shape[-1]).max(axis=0)
+    return tuple(
+        (windows[i], np.flatnonzero(choice == i))
+        for i in range(len(windows))
+        if (choice == i).any()
+    )
+
+
+def _window_choice(
+    wavelength_aa,
+    center,
+    ln_amplitude,
+    ln_sigma,
+    ln_gamma,
+    mask,
+    wing_cut,
+    profile,
+    flux_tolerance,
+    sizes,
+    margin,
+):
+    """(windows, index into windows per line (..., n_lines); -1 for masked lines)."""
+    wl = np.asarray(wavelength_aa, np.float64)
+    half_aa = margin * required_half_width_aa(
+        ln_amplitude, ln_sigma, ln_gamma, profile, flux_tolerance * _LINE_SHARE
+    )
+    center = np.asarray(center, np.float64)
+    nearest = np.clip(np.searchsorted(wl, center), 1, wl.size - 1)
+    step = wl[nearest] - wl[nearest - 1]
+    need = 2.0 * np.ceil(half_aa / step) + 2.0
+    windows = sorted({int(s) for s in sizes if s < wing_cut} | {int(wing_cut)})
+    choice = np.minimum(np.searchsorted(np.array(windows), need), len(windows) - 1)
+    if mask is not None:
+        choice = np.where(np.asarray(mask), choice, -1)
+    return windows, choice
+
+
+def batched_window_groups(
+    wavelength_aa,
+    center,
+    ln_amplitude,
+    ln_sigma,
+    ln_gamma,
+    mask,
+    sentinel: int,
+    *,
+    wing_cut: int = DEFAULT_WING_CUT,
+    profile: str = "pseudo_voigt",
+    flux_tolerance: float = DEFAULT_FLUX_TOLERANCE,
+    sizes: tuple[int, ...] = WINDOW_SIZES,
+    margin: float = 1.0,
+    bucket=None,
+) -> tuple[tuple[int, np.ndarray], ...]:
+    """Per-spectrum window groups for a batch: ``((window, indices (batch, capacity)), ...)``.
+
+    Like :func:`window_groups`, but each spectrum (axis 0) gets its own line slots in every
+    group; rows are padded to a common capacity (``bucket(n)`` if given, to limit
+    recompilation) with ``sentinel``, the index of a masked line slot.
+    """
+    windows, choice = _window_choice(
+        wavelength_aa,
+        center,
+        ln_amplitude,
+        ln_sigma,
+        ln_gamma,
+        mask,
+        wing_cut,
+        profile,
+        flux_tolerance,
+        sizes,
+        margin,
+    )
+    groups = []
+    for i, window in enumerate(windows):
+        members = [np.flatnonzero(row == i) for row in choice]
+        cap = max(len(m) for m in members)
+        if cap == 0:
+            continue
+        cap = bucket(cap) if bucket else cap
+        idx = np.full((len(members), cap), sentinel, dtype=np.int32)
+        for b, m in enumerate(members):
+            idx[b, : len(m)] = m
+        groups.append((window, idx))
+    return tuple(groups)
+
+
+def ln_flux_grouped(
+    wavelength_aa,
+    center,
+    ln_amplitude,
+    ln_sigma,
+    ln_gamma,
+    mask,
+    groups,
+    *,
+    profile: str = "pseudo_voigt",
+    chunk_size: int | None = None,
+    compute_dtype=jnp.float64,
+):
+    """:func:`ln_flux` with each group of lines on its own window width.
+
+    ``groups`` is ``((window, indices), ...)`` from :func:`window_groups`; the windows are
+    static, the index arrays may be traced (their shapes are static). Lines outside every group
+    contribute nothing. Jit-friendly, differentiable.
+    """
+    total = 0.0
+    mask = jnp.ones(center.shape, bool) if mask is None else mask
+    for window, idx in groups:
+        idx = jnp.asarray(idx)
+        total = total + ln_flux(
+            wavelength_aa,
+            center[idx],
+            ln_amplitude[idx],
+            ln_sigma[idx],
+            ln_gamma[idx],
+            mask[idx],
+            wing_cut=int(window),
+            profile=profile,
+            chunk_size=chunk_size,
+            compute_dtype=compute_dtype,
+        )
+    return total

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jblase._checks import check_wavelength
-from jblase.forward import _ELEMENTS_PER_CHUNK, DEFAULT_WING_CUT, ln_flux
+from jblase.forward import (
+    _ELEMENTS_PER_CHUNK,
+    DEFAULT_FLUX_TOLERANCE,
+    DEFAULT_WING_CUT,
+    ln_flux_grouped,
+    window_groups,
+)
 from jblase.interp import interpolate_lines
 
 __all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator"]
@@ -47,6 +53,12 @@ class Generator(eqx.Module):
         amplitude_interpolation: ``"linear"`` (default; ``values[..., 1]`` then holds a) or
             ``"log"`` (the paper's; ``values[..., 1]`` holds ln a). See
             :data:`AMPLITUDE_INTERPOLATIONS`.
+        flux_tolerance: adaptive windows: each line gets the smallest of a few static window
+            widths (at most ``wing_cut``) that its wings need, anywhere in the grid, for the
+            spectrum to stay within about this of the full ``wing_cut`` windows (normalised
+            flux). ``None``: every line gets ``wing_cut`` pixels, exactly as the paper.
+        windows, window_indices: the resulting static window widths and the line indices of
+            each group.
     """
 
     identity_center: jax.Array
@@ -60,6 +72,9 @@ class Generator(eqx.Module):
     compute_dtype: str = eqx.field(static=True, default="float64")
     chunk_size: int | None = eqx.field(static=True, default=None)
     amplitude_interpolation: str = eqx.field(static=True, default="linear")
+    window_indices: tuple[jax.Array, ...] = ()
+    windows: tuple[int, ...] = eqx.field(static=True, default=())
+    flux_tolerance: float | None = eqx.field(static=True, default=DEFAULT_FLUX_TOLERANCE)
 
     def __check_init__(self):
         n_lines = self.identity_center.shape[0]
@@ -90,17 +105,22 @@ class Generator(eqx.Module):
         compute_dtype: str = "float64",
         chunk_size: int | None = None,
         amplitude_interpolation: str = "linear",
+        flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
     ) -> Generator:
         """Build from raw manifold arrays; ``values[..., 1]`` holds ln a (shapes and units as
         the class attributes)."""
         wl = check_wavelength(wavelength_aa)
         identity = np.asarray(identity_center, np.float64)
         order = np.argsort(identity, kind="stable")
+        identity = identity[order]
         values = np.array(values)[order]
+        windows, indices = _grid_window_groups(
+            wl, identity, values, int(wing_cut), profile, flux_tolerance
+        )
         if amplitude_interpolation == "linear":
             values[..., 1] = np.exp(values[..., 1])
         return cls(
-            identity_center=jnp.asarray(identity[order]),
+            identity_center=jnp.asarray(identity),
             values=jnp.asarray(values),
             axes=tuple(jnp.asarray(np.asarray(a, np.float64)) for a in axes),
             wavelength_padded=jnp.asarray(wl),
@@ -111,6 +131,9 @@ class Generator(eqx.Module):
             compute_dtype=compute_dtype,
             chunk_size=chunk_size,
             amplitude_interpolation=amplitude_interpolation,
+            window_indices=indices,
+            windows=windows,
+            flux_tolerance=flux_tolerance,
         )
 
     @classmethod
@@ -124,6 +147,7 @@ class Generator(eqx.Module):
         compute_dtype: str = "float64",
         chunk_size: int | None = None,
         amplitude_interpolation: str = "linear",
+        flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
     ) -> Generator:
         """Build from a :class:`jblase.manifold.Manifold`; wing cut and profile default to the
         clone settings stored in it, so reconstructions at grid points reproduce the clones."""
@@ -138,6 +162,7 @@ class Generator(eqx.Module):
             compute_dtype=compute_dtype,
             chunk_size=chunk_size,
             amplitude_interpolation=amplitude_interpolation,
+            flux_tolerance=flux_tolerance,
         )
         return gen if wl_range is None else gen.restrict(*wl_range)
 
@@ -165,6 +190,14 @@ class Generator(eqx.Module):
         keep = (identity >= full[lo] - 5.0) & (identity <= full[hi] + 5.0)
         start = int(np.searchsorted(full, full[lo] - 5.0))
         stop = int(np.searchsorted(full, full[hi] + 5.0, side="right")) - 1
+        new_index = np.cumsum(keep) - 1
+        windows, indices = [], []
+        for window, idx in zip(self.windows, self.window_indices, strict=True):
+            idx = np.asarray(idx)
+            idx = new_index[idx[keep[idx]]]
+            if idx.size:
+                windows.append(window)
+                indices.append(jnp.asarray(idx))
         return Generator(
             identity_center=self.identity_center[keep],
             values=self.values[keep],
@@ -177,6 +210,9 @@ class Generator(eqx.Module):
             compute_dtype=self.compute_dtype,
             chunk_size=self.chunk_size,
             amplitude_interpolation=self.amplitude_interpolation,
+            window_indices=tuple(indices),
+            windows=tuple(windows),
+            flux_tolerance=self.flux_tolerance,
         )
 
     # ----------------------------------------------------------------- properties
@@ -250,19 +286,19 @@ class Generator(eqx.Module):
 
 def _flux(gen: Generator, params, chunk_size):
     center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
-    lnf = ln_flux(
+    lnf = ln_flux_grouped(
         gen.wavelength_padded,
         center,
         ln_a,
         ln_s,
         ln_g,
         mask,
-        wing_cut=gen.wing_cut,
+        tuple(zip(gen.windows, gen.window_indices, strict=True)),
         profile=gen.profile,
         chunk_size=chunk_size,
         compute_dtype=jnp.dtype(gen.compute_dtype),
     )
-    flux = jnp.exp(lnf)
+    flux = jnp.exp(jnp.zeros(gen.wavelength_padded.shape[0]) + lnf)
     flux = jnp.where(jnp.isfinite(flux), flux, 1.0)
     n = flux.shape[0]
     return flux[gen.pad_lo : n - gen.pad_hi]
@@ -276,6 +312,42 @@ def _generate(gen: Generator, params):
 @eqx.filter_jit
 def _generate_batches(gen: Generator, params_batches):
     batch = params_batches.shape[1]
-    chunk = gen.chunk_size or max(1, _ELEMENTS_PER_CHUNK // (gen.wing_cut * batch))
+    chunk = gen.chunk_size or max(1, _ELEMENTS_PER_CHUNK // (max(gen.windows, default=1) * batch))
     one_batch = jax.vmap(lambda p: _flux(gen, p, chunk))
     return jax.lax.map(one_batch, params_batches)
+
+
+def _grid_window_groups(wavelength, identity, values, wing_cut, profile, flux_tolerance):
+    """Static window groups for a manifold: each line's widest need at any grid node.
+
+    ``values[..., 1]`` holds ln a here. Between nodes, a and the widths interpolate between
+    node values, so the largest need over the nodes (with a 20% margin) covers the grid.
+    """
+    n_lines = identity.shape[0]
+    if flux_tolerance is None or n_lines == 0:
+        return (int(wing_cut),), (jnp.arange(n_lines),)
+    flat = values.reshape(n_lines, -1, 4).astype(np.float64)
+    present = flat[..., 1] >= LN_AMPLITUDE_CUTOFF
+    windows = None
+    for start in range(0, n_lines, 4096):
+        sl = slice(start, start + 4096)
+        center = identity[sl, None] + flat[sl, :, 0]
+        groups = window_groups(
+            wavelength,
+            center.T,
+            flat[sl, :, 1].T,
+            flat[sl, :, 2].T,
+            flat[sl, :, 3].T,
+            present[sl].T,
+            wing_cut=wing_cut,
+            profile=profile,
+            flux_tolerance=flux_tolerance,
+            margin=1.2,
+        )
+        for window, idx in groups:
+            windows = windows or {}
+            windows.setdefault(window, []).append(idx + start)
+    if not windows:
+        return (int(wing_cut),), (jnp.arange(n_lines),)
+    ordered = sorted(windows)
+    return tuple(ordered), tuple(jnp.asarray(np.concatenate(windows[w])) for w in ordered)

@@ -21,6 +21,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +77,27 @@ def rms_loss(generator: Generator, wavelength_aa, flux, weight, params):
     model = jnp.interp(wavelength_aa, generator.wavelength, generator(params))
     resid = (model - flux) * weight
     return jnp.sqrt(jnp.sum(resid * resid) / jnp.sum(weight))
+
+
+# Module-level jitted kernels: data enter as arguments, so every star with the same number of
+# pixels (and the same generator shapes) reuses one compilation.
+_loss_one = eqx.filter_jit(rms_loss)
+
+
+@eqx.filter_jit
+def _loss_batch(gen: Generator, wavelength_aa, flux, weight, params, batch_size: int):
+    models = gen.batch(params, batch_size)
+    models = jax.vmap(lambda m: jnp.interp(wavelength_aa, gen.wavelength, m))(models)
+    resid = (models - flux) * weight
+    return jnp.sqrt(jnp.sum(resid * resid, axis=1) / jnp.sum(weight))
+
+
+@eqx.filter_jit
+def _mse_and_grad_unit(gen: Generator, wavelength_aa, flux, weight, lo, span, unit):
+    """MSE and its gradient in unit-box coordinates ``params = lo + unit * span``."""
+    return jax.value_and_grad(
+        lambda u: rms_loss(gen, wavelength_aa, flux, weight, lo + u * span) ** 2
+    )(unit)
 
 
 def _prepare_data(generator: Generator, wavelength, flux):
@@ -164,21 +186,13 @@ def infer(
     gen = generator.restrict(max(wl[0] - 1.0, gen_wl[0]), min(wl[-1] + 1.0, gen_wl[-1]))
     wl_j, fl_j, w_j = jnp.asarray(wl), jnp.asarray(fl), jnp.asarray(weight)
 
-    loss_one = jax.jit(lambda g, p: rms_loss(g, wl_j, fl_j, w_j, p))
-
-    @jax.jit
-    def loss_batch(g, ps):
-        models = jax.vmap(lambda m: jnp.interp(wl_j, g.wavelength, m))(g.batch(ps, batch_size))
-        resid = (models - fl_j) * w_j
-        return jnp.sqrt(jnp.sum(resid * resid, axis=1) / jnp.sum(w_j))
-
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(bounds[:, 0], bounds[:, 1], size=(n_random, 3))
-    y0 = np.asarray(loss_batch(gen, jnp.asarray(x0)))
+    y0 = np.asarray(_loss_batch(gen, wl_j, fl_j, w_j, jnp.asarray(x0), batch_size))
     t_random = time.perf_counter()
 
     def objective(x):
-        return float(loss_one(gen, jnp.asarray(x, jnp.float64)))
+        return float(_loss_one(gen, wl_j, fl_j, w_j, jnp.asarray(x, jnp.float64)))
 
     n_evaluations = n_random
     if n_guided > 0:
@@ -218,14 +232,10 @@ def infer(
         # Optimise in unit-box coordinates so the three parameters are on the same scale.
         span = bounds[:, 1] - bounds[:, 0]
         span = np.where(span > 0, span, 1.0)
-        mse_grad = jax.jit(
-            jax.value_and_grad(
-                lambda u: rms_loss(gen, wl_j, fl_j, w_j, bounds[:, 0] + u * span) ** 2
-            )
-        )
+        lo_j, span_j = jnp.asarray(bounds[:, 0]), jnp.asarray(span)
 
         def fun(u):
-            value, grad = mse_grad(jnp.asarray(u))
+            value, grad = _mse_and_grad_unit(gen, wl_j, fl_j, w_j, lo_j, span_j, jnp.asarray(u))
             return float(value), np.asarray(grad, dtype=np.float64)
 
         opt = scipy.optimize.minimize(

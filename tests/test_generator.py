@@ -33,10 +33,12 @@ def generator():
     return Generator.from_arrays(identity, values, AXES, wl, wing_cut=2000)
 
 
-def test_grid_point_reproduces_the_node_lines(generator):
-    identity = np.asarray(generator.identity_center)
-    values = np.asarray(generator.values)
-    wl = np.asarray(generator.wavelength)
+@pytest.mark.parametrize("mode", ["linear", "log"])
+def test_grid_point_reproduces_the_node_lines(mode):
+    identity, values, wl = _random_manifold()
+    generator = Generator.from_arrays(
+        identity, values, AXES, wl, wing_cut=2000, amplitude_interpolation=mode
+    )
     for i, j, k in [(0, 0, 0), (1, 0, 1), (3, 1, 1), (2, 1, 0)]:
         v = values[:, i, j, k].astype(np.float64)
         present = v[:, 1] > -100
@@ -44,23 +46,37 @@ def test_grid_point_reproduces_the_node_lines(generator):
             wl, identity + v[:, 0], v[:, 1], v[:, 2], v[:, 3], present, wing_cut=2000
         )
         got = generator(jnp.array([AXES[0][i], AXES[1][j], AXES[2][k]]))
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        # "linear" stores a = exp(ln a) in float32: a round trip of one float32 rounding
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 if mode == "log" else 1e-6)
 
 
-def test_off_grid_interpolates_line_parameters(generator):
+@pytest.mark.parametrize("mode", ["linear", "log"])
+def test_off_grid_interpolates_line_parameters(mode):
+    identity, values, wl = _random_manifold()
+    generator = Generator.from_arrays(
+        identity, values, AXES, wl, wing_cut=2000, amplitude_interpolation=mode
+    )
     theta = np.array([4700.0, 4.2, -0.1])
     center, ln_a, ln_s, ln_g, mask = generator.line_parameters(theta)
-    # Trilinear weights by hand for one line
-    values = np.asarray(generator.values, np.float64)
+    # Trilinear weights by hand, in ln a ("log", the paper) or in a ("linear")
+    values = values.astype(np.float64)
+    if mode == "linear":
+        values[..., 1] = np.exp(values[..., 1])
     t = [(4700 - 4500) / 500, (4.2 - 4.0) / 0.5, (-0.1 + 0.5) / 0.5]
     expected = 0.0
     for ci in (0, 1):
         for cj in (0, 1):
             for ck in (0, 1):
-                w = (t[0] if ci else 1 - t[0]) * (t[1] if cj else 1 - t[1]) * (t[2] if ck else 1 - t[2])
+                w = (t[0] if ci else 1 - t[0]) * (t[1] if cj else 1 - t[1])
+                w = w * (t[2] if ck else 1 - t[2])
                 expected = expected + w * values[:, 1 + ci, cj, ck]
-    np.testing.assert_allclose(ln_a, expected[:, 1], rtol=1e-6)
-    np.testing.assert_array_equal(mask, expected[:, 1] >= -100)
+    expected_ln_a = np.log(expected[:, 1]) if mode == "linear" else expected[:, 1]
+    expected_mask = expected_ln_a >= -100
+    np.testing.assert_array_equal(mask, expected_mask)
+    np.testing.assert_allclose(
+        np.asarray(ln_a)[expected_mask], expected_ln_a[expected_mask], rtol=1e-6
+    )
+    np.testing.assert_allclose(center, identity + expected[:, 0], rtol=0, atol=1e-7)
 
 
 def test_restricted_generator_equals_the_full_one(generator):

@@ -1,0 +1,298 @@
+"""Tests for jblase.pipeline (whole-grid cloning, resumable) and grid -> clones -> generator.
+
+A narrow synthetic window (8500-8640 A, 8169 pixels) and six grid points keep this fast; the
+continuum fit then warns that it lowers its polynomial degree, which is expected here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jblase.clone import CloneSettings
+from jblase.forward import synthesize, synthesize_lines
+from jblase.generator import Generator
+from jblase.grids.base import GridPoint
+from jblase.grids.phoenix import PhoenixGrid, phoenix_relpath
+from jblase.grids.synthetic import SyntheticGridModel, write_grid
+from jblase.io import load_line_list
+from jblase.linelist import LineList
+from jblase.manifold import build_manifold, is_clone_complete, list_clones
+from jblase.pipeline import clone_grid
+
+pytestmark = pytest.mark.filterwarnings("ignore:only .* continuum maxima:UserWarning")
+
+TEFFS = (5000.0, 5500.0, 6000.0)
+LOGGS = (4.0, 4.5)
+FEHS = (0.0,)
+POINTS = [GridPoint(t, g, z) for t in TEFFS for g in LOGGS for z in FEHS]
+EPOCHS, WING_CUT = 10, 1000
+SETTINGS = CloneSettings(epochs=EPOCHS, wing_cut=WING_CUT)
+PADDED_LINES = 256
+CLONE_ARGS = ["--epochs", str(EPOCHS), "--wing-cut", str(WING_CUT), "--quiet"]
+
+
+def _window_shifts_at_pixels() -> bool:
+    """True if moving a line from a pixel's wavelength by one ulp moves its window a pixel.
+
+    jblase.forward places each window at ``searchsorted(wavelength, mu)``, the first pixel at or
+    above mu, not the nearest pixel its docstring promises. Detected lines start exactly on a
+    pixel, and lines the loss does not reach stay there; the manifold's float32 centre offsets
+    then move them by ~1e-9 A, which flips the window by one pixel and changes the flux at its
+    edge (up to ~6e-4 here).
+    """
+    wl = jnp.linspace(8500.0, 8501.0, 101)
+    mu = float(wl[50])
+    one = lambda c: synthesize(  # noqa: E731
+        wl, jnp.array([c]), jnp.array([0.0]), jnp.array([-3.0]), jnp.array([-3.0]), wing_cut=16
+    )
+    return float(jnp.max(jnp.abs(one(mu) - one(np.nextafter(mu, np.inf))))) > 1e-6
+
+
+WINDOW_SHIFTS = _window_shifts_at_pixels()
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory) -> Path:
+    model = SyntheticGridModel(wl_range=(8500.0, 8640.0))
+    return write_grid(
+        tmp_path_factory.mktemp("grid"), TEFFS, LOGGS, FEHS, model=model, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def clones(grid_dir, tmp_path_factory):
+    """A cloned grid: (clones_dir, summary of the first clone_grid call).
+
+    One spectrum per batch, as the interrupted-run test, so both share compiled shapes.
+    """
+    clones_dir = tmp_path_factory.mktemp("clones")
+    summary = clone_grid(PhoenixGrid(grid_dir), clones_dir, SETTINGS, batch_size=1, progress=False)
+    return clones_dir, summary
+
+
+@pytest.fixture(scope="module")
+def manifold(clones):
+    return build_manifold(clones[0], progress=False)
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.iterdir())}
+
+
+# --------------------------------------------------------------------------- clone_grid
+
+
+def test_clone_grid_writes_manifest_wavelength_and_one_clone_per_point(grid_dir, clones):
+    clones_dir, summary = clones
+    assert summary == {"done": 0, "cloned": len(POINTS), "total": len(POINTS)}
+    assert (clones_dir / "manifest.json").is_file()
+    wl = np.load(clones_dir / "wavelength.npy")
+    np.testing.assert_array_equal(wl, PhoenixGrid(grid_dir).wavelength())
+    found = list_clones(clones_dir)
+    assert list(found) == POINTS
+    assert sorted(p.name for p in clones_dir.glob("*.npz")) == sorted(
+        f"{p.label()}.npz" for p in POINTS
+    )
+    assert not list(clones_dir.glob("*.tmp"))
+    for point, path in found.items():
+        assert is_clone_complete(path)
+        lines, meta = load_line_list(path)
+        assert (meta["teff"], meta["logg"], meta["feh"]) == tuple(point)
+        assert meta["settings"] == SETTINGS.as_dict()
+        assert meta["n_lines"] == len(lines) > 10
+        assert len(meta["loss_history"]) == EPOCHS
+        assert 0 < meta["rms"] < meta["rms_initial"]
+
+
+def test_clone_grid_second_call_clones_nothing_and_rewrites_nothing(grid_dir, clones):
+    clones_dir, _ = clones
+    before = _snapshot(clones_dir)
+    summary = clone_grid(PhoenixGrid(grid_dir), clones_dir, SETTINGS, progress=False)
+    assert summary == {"done": len(POINTS), "cloned": 0, "total": len(POINTS)}
+    assert _snapshot(clones_dir) == before
+
+
+def test_clone_grid_refuses_other_settings(grid_dir, clones):
+    clones_dir, _ = clones
+    before = _snapshot(clones_dir)
+    other = CloneSettings(epochs=EPOCHS + 1, wing_cut=WING_CUT)
+    with pytest.raises(ValueError, match="different settings"):
+        clone_grid(PhoenixGrid(grid_dir), clones_dir, other, progress=False)
+    assert _snapshot(clones_dir) == before
+
+
+def test_interrupted_clone_resumes_without_redoing_finished_points(grid_dir, tmp_path):
+    out = tmp_path / "clones"
+    cmd = [sys.executable, "-m", "jblase.cli", "clone", str(grid_dir), "--out", str(out)]
+    cmd += ["--batch", "1", *CLONE_ARGS]
+    with open(tmp_path / "log.txt", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300.0
+            while proc.poll() is None and not list(out.glob("*.npz")):
+                assert time.monotonic() < deadline, "no clone written within 300 s"
+                time.sleep(0.01)
+            killed = proc.poll() is None
+            if killed:
+                proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()  # no-op unless an assertion left it running
+            proc.wait()
+    if not killed:
+        assert proc.returncode == 0, (tmp_path / "log.txt").read_text()
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+    # Only final names count: a temporary file, even a fully written one, is never a clone.
+    finished = list_clones(out)
+    assert set(finished.values()) == set(out.glob("*.npz"))
+    assert all(is_clone_complete(p) for p in finished.values())
+    assert not any(p.suffix == ".tmp" for p in finished.values())
+    assert set(finished) <= set(POINTS) and finished
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished.values()}
+
+    summary = clone_grid(PhoenixGrid(grid_dir), out, SETTINGS, batch_size=1, progress=False)
+    assert summary == {
+        "done": len(finished),
+        "cloned": len(POINTS) - len(finished),
+        "total": len(POINTS),
+    }
+    after = list_clones(out)
+    assert list(after) == POINTS
+    assert all(is_clone_complete(p) for p in after.values())
+    assert not list(out.glob("*.tmp"))
+    for name, (mtime, data) in before.items():
+        assert (out / name).stat().st_mtime_ns == mtime
+        assert (out / name).read_bytes() == data
+
+
+# --------------------------------------------------------------------------- manifold + generator
+
+
+def _clone_at(clones_dir: Path, point: GridPoint) -> LineList:
+    lines, _ = load_line_list(list_clones(clones_dir)[point])
+    return lines
+
+
+def _stored_like_the_manifold(lines: LineList) -> LineList:
+    """The clone's lines after the manifold's float32 storage of (centre offset, ln a, ...)."""
+    identity = np.rint(np.asarray(lines.identity_center) * 100) / 100
+    f32 = lambda x: np.asarray(x).astype(np.float32).astype(np.float64)  # noqa: E731
+    return LineList(
+        center=identity + f32(np.asarray(lines.center) - identity),
+        ln_amplitude=f32(lines.ln_amplitude),
+        ln_sigma=f32(lines.ln_sigma),
+        ln_gamma=f32(lines.ln_gamma),
+        identity_center=identity,
+    )
+
+
+def _max_rms_at_grid_points(manifold, clones_dir, interpolation, stored: bool) -> float:
+    gen = Generator.from_manifold(manifold, amplitude_interpolation=interpolation)
+    settings = manifold.settings
+    assert (gen.wing_cut, gen.profile) == (settings["wing_cut"], settings["profile"])
+    worst = 0.0
+    for point in POINTS:
+        lines = _clone_at(clones_dir, point)
+        if stored:
+            lines = _stored_like_the_manifold(lines)
+        lines = lines.pad(PADDED_LINES)  # one compiled shape for every point
+        reference = synthesize_lines(
+            manifold.wavelength, lines, wing_cut=settings["wing_cut"], profile=settings["profile"]
+        )
+        flux = gen(jnp.asarray(point))
+        worst = max(worst, float(jnp.sqrt(jnp.mean((flux - reference) ** 2))))
+    return worst
+
+
+def test_manifold_covers_the_grid(manifold, clones):
+    assert manifold.shape == (len(TEFFS), len(LOGGS), len(FEHS))
+    assert [tuple(np.asarray(a)) for a in manifold.axes] == [TEFFS, LOGGS, FEHS]
+    assert manifold.settings == SETTINGS.as_dict()
+    counts = manifold.line_counts()
+    for point in POINTS:
+        assert counts[manifold.index_of(point)] == len(_clone_at(clones[0], point))
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "log"])
+def test_generator_line_parameters_match_the_clones_at_grid_points(manifold, clones, interpolation):
+    gen = Generator.from_manifold(manifold, amplitude_interpolation=interpolation)
+    for point in POINTS:
+        lines = _clone_at(clones[0], point)
+        center, ln_a, ln_s, ln_g, mask = (np.asarray(x) for x in gen.line_parameters(point))
+        assert mask.sum() == len(lines)
+        order = np.argsort(lines.center)
+        np.testing.assert_allclose(center[mask], lines.center[order], rtol=0, atol=5e-9)
+        for got, want in (
+            (ln_a, lines.ln_amplitude),
+            (ln_s, lines.ln_sigma),
+            (ln_g, lines.ln_gamma),
+        ):
+            np.testing.assert_allclose(got[mask], want[order], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "log"])
+def test_generator_reproduces_float32_stored_clones_at_grid_points(manifold, clones, interpolation):
+    """The generator adds nothing beyond the manifold's float32 storage of the clones."""
+    assert _max_rms_at_grid_points(manifold, clones[0], interpolation, stored=True) < 1e-8
+
+
+@pytest.mark.xfail(
+    WINDOW_SHIFTS,
+    strict=True,
+    reason="jblase.forward centres each window on the first pixel >= mu, not the nearest: "
+    "float32 centre offsets move untuned, pixel-centred lines across that edge",
+)
+@pytest.mark.parametrize("interpolation", ["linear", "log"])
+def test_generator_reproduces_every_clone_at_grid_points(manifold, clones, interpolation):
+    assert _max_rms_at_grid_points(manifold, clones[0], interpolation, stored=False) < 1e-6
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("keep_bytes", [1000, "half"], ids=["in-header", "in-data"])
+def test_truncated_fits_file_is_named(grid_dir, tmp_path, keep_bytes):
+    broken = shutil.copytree(grid_dir, tmp_path / "grid")
+    point = POINTS[3]
+    path = broken / phoenix_relpath(*point)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if keep_bytes == "half" else keep_bytes])
+    grid = PhoenixGrid(broken)
+    intact = PhoenixGrid(grid_dir).load_flux(POINTS[0])
+    np.testing.assert_array_equal(grid.load_flux(POINTS[0]), intact)  # others still read
+    with pytest.raises(ValueError, match="truncated") as err:
+        grid.load_flux(point)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError) as err:
+        clone_grid(grid, tmp_path / "clones", SETTINGS, progress=False)
+    assert str(path) in str(err.value)
+
+
+def test_empty_selection_is_a_clear_error(grid_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"no spectra .*teff_range=\(9000, 9500\)") as err:
+        PhoenixGrid(grid_dir, teff_range=(9000.0, 9500.0))
+    assert "teff [5000, 5500, 6000]" in str(err.value)
+
+    class EmptyGrid:
+        def points(self):
+            return []
+
+        def wavelength(self):
+            return np.linspace(8500.0, 8640.0, 100)
+
+        def load_flux(self, point):  # pragma: no cover - never asked for
+            raise AssertionError(point)
+
+    with pytest.raises(ValueError, match="selection is empty"):
+        clone_grid(EmptyGrid(), tmp_path / "clones", SETTINGS, progress=False)
+    assert not (tmp_path / "clones").exists()
