@@ -14,7 +14,7 @@ description, not from jblase:
    all n points at once.
 3. Drop lines whose interpolated ln a < -100, then synthesise ONE spectrum at a time with a
    NumPy sparse pseudo-Voigt (paper eq. 2, or the original code's ``"blase"`` variant): each
-   line touches ``wing_cut`` pixels ``searchsorted(wavelength, centre) + arange(wing_cut) -
+   line touches ``wing_cut`` pixels ``nearest_pixel(centre) + arange(wing_cut) -
    wing_cut // 2`` (pixels beyond either end dropped), ``a V`` is clipped to [0, 1 - 1e-9],
    ``ln flux = sum ln(1 - a V)`` is scattered with ``np.bincount``, ``flux = exp(ln flux)``
    with non-finite pixels set to 1.
@@ -92,7 +92,7 @@ def ln_flux_numpy(
         wavelength_aa: increasing wavelengths in A, float64 (n_pix,).
         center, ln_amplitude, ln_sigma, ln_gamma: per line (n_lines,): centre (A), ln a,
             ln sigma (ln A), ln gamma (ln A). Every line given is synthesised.
-        wing_cut: window width in pixels, centred on ``searchsorted(wavelength, centre)``.
+        wing_cut: window width in pixels, centred on the pixel nearest the centre.
         profile: ``"pseudo_voigt"`` or ``"blase"`` (:func:`pseudo_voigt_components`).
 
     Vectorised over lines x window in blocks of about 2M elements, scattered with bincount.
@@ -110,7 +110,8 @@ def ln_flux_numpy(
     k_g = 0.5 / gsig**2
     h2 = hwhm * hwhm
     center = np.asarray(center, dtype=np.float64)
-    nearest = np.searchsorted(wl, center)
+    right = np.clip(np.searchsorted(wl, center), 1, wl.size - 1)
+    nearest = np.where(center - wl[right - 1] <= wl[right] - center, right - 1, right)
     window = np.arange(wing_cut) - wing_cut // 2
     rows = max(1, _ELEMENTS_PER_BLOCK // wing_cut)
     for s in range(0, n_lines, rows):

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 
 from jblase._checks import check_spectrum
 from jblase.detect import active_region, detect_lines
-from jblase.forward import _ELEMENTS_PER_CHUNK, DEFAULT_WING_CUT, synthesize
+from jblase.forward import (
+    _ELEMENTS_PER_CHUNK,
+    DEFAULT_FLUX_TOLERANCE,
+    DEFAULT_WING_CUT,
+    WINDOW_SIZES,
+    _window_choice,
+    ln_flux_grouped,
+)
 from jblase.linelist import LineList, stack_line_lists
 
 __all__ = [
@@ -51,6 +58,11 @@ class CloneSettings:
     profile: str = "pseudo_voigt"
     optimizer: str = "adam"
     compute_dtype: str = "float64"
+    #: Adaptive windows (see :func:`jblase.forward.window_groups`): each line gets the
+    #: smallest window its wings need for the model to stay within about this of the
+    #: ``wing_cut`` windows; regrouped every training segment. None: ``wing_cut`` for every
+    #: line, exactly as the paper.
+    flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE
     #: Centres are tuned as ``center + center_scale_aa * shift``: Adam then moves them by about
     #: learning_rate * center_scale_aa (0.005 A, a third of a PHOENIX pixel) per epoch.
     center_scale_aa: float = 0.1
@@ -62,6 +74,8 @@ class CloneSettings:
             raise ValueError(
                 f"compute_dtype must be float32 or float64, got {self.compute_dtype!r}"
             )
+        if self.flux_tolerance is not None and not self.flux_tolerance > 0:
+            raise ValueError(f"flux_tolerance must be positive or None, got {self.flux_tolerance}")
         if self.epochs < 0 or self.wing_cut < 1 or not self.learning_rate > 0:
             raise ValueError(
                 f"need epochs >= 0, wing_cut >= 1 and learning_rate > 0; got {self.epochs}, "
@@ -104,20 +118,23 @@ def _segment_length(epochs: int, longest: int = 25) -> int:
     return max(d for d in range(1, min(epochs, longest) + 1) if epochs % d == 0)
 
 
-def _mse(params, fixed, wavelength, flux, weight, mask, settings: CloneSettings, chunk_size):
+def _mse(
+    params, fixed, wavelength, flux, weight, mask, settings: CloneSettings, chunk_size, windows
+):
     center = _center(params, fixed, settings)
-    model = synthesize(
+    ln_model = ln_flux_grouped(
         wavelength,
         center,
         params["ln_amplitude"],
         params["ln_sigma"],
         params["ln_gamma"],
         mask,
-        wing_cut=settings.wing_cut,
+        tuple(zip(windows, fixed["window_idx"], strict=True)),
         profile=settings.profile,
-        chunk_size=chunk_size,
+        chunk_elements=chunk_size,
         compute_dtype=jnp.dtype(settings.compute_dtype),
     )
+    model = jnp.exp(jnp.zeros(wavelength.shape[0]) + ln_model)
     resid = model.astype(jnp.float64) - flux
     return jnp.sum(weight * resid * resid) / jnp.sum(weight)
 
@@ -140,9 +157,20 @@ def _split(lines: LineList, tune_centers: bool):
     return params, fixed
 
 
-@partial(jax.jit, static_argnames=("settings", "n_steps", "chunk_size"))
+@partial(jax.jit, static_argnames=("settings", "n_steps", "chunk_size", "windows"))
 def _run_segment(
-    params, opt_state, fixed, wavelength, flux, weight, mask, *, settings, n_steps, chunk_size
+    params,
+    opt_state,
+    fixed,
+    wavelength,
+    flux,
+    weight,
+    mask,
+    *,
+    settings,
+    n_steps,
+    chunk_size,
+    windows,
 ):
     """``n_steps`` Adam epochs for one spectrum; returns (params, opt_state, losses)."""
     optimizer = _make_optimizer(settings.optimizer, settings.learning_rate)
@@ -150,7 +178,9 @@ def _run_segment(
 
     def epoch(carry, _):
         p, s = carry
-        loss, grads = loss_and_grad(p, fixed, wavelength, flux, weight, mask, settings, chunk_size)
+        loss, grads = loss_and_grad(
+            p, fixed, wavelength, flux, weight, mask, settings, chunk_size, windows
+        )
         updates, s = optimizer.update(grads, s, p)
         return (optax.apply_updates(p, updates), s), loss
 
@@ -159,23 +189,38 @@ def _run_segment(
 
 
 def _batched_segment(
-    params, opt_state, fixed, wavelength, flux, weight, mask, *, settings, n_steps, chunk_size
+    params,
+    opt_state,
+    fixed,
+    wavelength,
+    flux,
+    weight,
+    mask,
+    *,
+    settings,
+    n_steps,
+    chunk_size,
+    windows,
 ):
-    run = partial(_run_segment, settings=settings, n_steps=n_steps, chunk_size=chunk_size)
+    run = partial(
+        _run_segment, settings=settings, n_steps=n_steps, chunk_size=chunk_size, windows=windows
+    )
     return jax.vmap(run, in_axes=(0, 0, 0, None, 0, None, 0))(
         params, opt_state, fixed, wavelength, flux, weight, mask
     )
 
 
-@partial(jax.jit, static_argnames=("settings", "chunk_size"))
-def _batched_mse(params, fixed, wavelength, flux, weight, mask, *, settings, chunk_size):
-    f = partial(_mse, settings=settings, chunk_size=chunk_size)
+@partial(jax.jit, static_argnames=("settings", "chunk_size", "windows"))
+def _batched_mse(params, fixed, wavelength, flux, weight, mask, *, settings, chunk_size, windows):
+    f = partial(_mse, settings=settings, chunk_size=chunk_size, windows=windows)
     return jax.vmap(f, in_axes=(0, 0, None, 0, None, 0))(
         params, fixed, wavelength, flux, weight, mask
     )
 
 
-_batched_segment = jax.jit(_batched_segment, static_argnames=("settings", "n_steps", "chunk_size"))
+_batched_segment = jax.jit(
+    _batched_segment, static_argnames=("settings", "n_steps", "chunk_size", "windows")
+)
 _init_batched = jax.jit(
     lambda params, name, lr: jax.vmap(_make_optimizer(name, lr).init)(params),
     static_argnames=("name", "lr"),
@@ -195,20 +240,41 @@ def _train(
     wl = jnp.asarray(wavelength)
     fl = jnp.asarray(flux)
     params, fixed = _split(lines, settings.tune_centers)
-    args = (fixed, wl, fl, weight, lines.mask)
-    mse0 = _batched_mse(params, *args, settings=settings, chunk_size=chunk_size)
+
+    state = None
+
+    def regroup(params):
+        """Window groups for the current parameters (fixed ``wing_cut`` if no tolerance)."""
+        nonlocal state
+        windows, idx, state = _window_groups(wavelength, params, fixed, lines.mask, settings, state)
+        return windows, {**fixed, "window_idx": idx}
+
+    windows, fixed_w = regroup(params)
+    kw = dict(settings=settings, chunk_size=chunk_size)
+    mse0 = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, windows=windows, **kw)
     history = []
     if settings.epochs:
         opt_state = _init_batched(params, settings.optimizer, settings.learning_rate)
         n_steps = _segment_length(settings.epochs)
         for _ in range(settings.epochs // n_steps):
+            windows, fixed_w = regroup(params)
             params, opt_state, losses = _batched_segment(
-                params, opt_state, *args, settings=settings, n_steps=n_steps, chunk_size=chunk_size
+                params,
+                opt_state,
+                fixed_w,
+                wl,
+                fl,
+                weight,
+                lines.mask,
+                n_steps=n_steps,
+                windows=windows,
+                **kw,
             )
             history.append(np.asarray(losses))
             if progress is not None:
                 progress.update(n_steps)
-    mse = _batched_mse(params, *args, settings=settings, chunk_size=chunk_size)
+    windows, fixed_w = regroup(params)
+    mse = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, windows=windows, **kw)
     center = _center(params, fixed, settings)
     tuned = LineList(
         center=center,
@@ -222,8 +288,62 @@ def _train(
     return tuned, losses, np.asarray(mse0), np.asarray(mse)
 
 
+@dataclass
+class _Windows:
+    """Window assignment of a training batch, kept across segments so shapes rarely change."""
+
+    choice: np.ndarray  # (batch, n_lines) index into ``sizes``; -1 for masked lines
+    capacity: dict  # window -> slots per spectrum
+
+
+def _window_groups(wavelength, params, fixed, mask, settings: CloneSettings, state=None):
+    """(static windows, per-spectrum line indices, state) for a batch of padded line lists.
+
+    With ``settings.flux_tolerance`` None every line gets ``wing_cut`` pixels (the paper).
+    Otherwise lines are grouped by the window their current wings need: a margin of 2 on the
+    half-width at the start, lines only ever move to wider windows, and group capacities only
+    grow (bucketed), so the compiled training step is reused across segments.
+    """
+    mask = np.asarray(mask)
+    n_batch, n_lines = mask.shape
+    if settings.flux_tolerance is None:
+        idx = np.broadcast_to(np.arange(n_lines, dtype=np.int32), (n_batch, n_lines))
+        return (settings.wing_cut,), (jnp.asarray(idx),), None
+    sizes, choice = _window_choice(
+        wavelength,
+        np.asarray(_center(params, fixed, settings)),
+        np.asarray(params["ln_amplitude"]),
+        np.asarray(params["ln_sigma"]),
+        np.asarray(params["ln_gamma"]),
+        mask,
+        settings.wing_cut,
+        settings.profile,
+        settings.flux_tolerance,
+        WINDOW_SIZES,
+        2.0 if state is None else 1.25,
+    )
+    capacity = {} if state is None else dict(state.capacity)
+    if state is not None:
+        choice = np.maximum(choice, state.choice)
+    windows, indices = [], []
+    for i, window in enumerate(sizes):
+        members = [np.flatnonzero(row == i) for row in choice]
+        count = max(len(m) for m in members)
+        if count == 0 and window not in capacity:
+            continue
+        capacity[window] = max(capacity.get(window, 0), _bucket_length(count))
+        idx = np.full((n_batch, capacity[window]), n_lines - 1, dtype=np.int32)  # masked slot
+        for b, m in enumerate(members):
+            idx[b, : len(m)] = m
+        windows.append(window)
+        indices.append(jnp.asarray(idx))
+    return tuple(windows), tuple(indices), _Windows(choice, capacity)
+
+
 def _chunk_for(batch: int, wing_cut: int) -> int:
-    return max(1, _ELEMENTS_PER_CHUNK // (wing_cut * batch))
+    """Window elements per scan step and spectrum, so a vmapped step holds about 1M."""
+    del wing_cut
+    return max(1, _ELEMENTS_PER_CHUNK // batch)
 
 
 def _unbatch(tuned: LineList, i: int) -> LineList:
@@ -240,7 +360,7 @@ def clone_lines(
     """Tune a given initial line list against one spectrum (the full-control form)."""
     settings = settings or CloneSettings()
     wl, flux = check_spectrum(wavelength_aa, normalized_flux, name="normalized_flux")
-    batch = stack_line_lists([lines])
+    batch = stack_line_lists([lines], length=len(lines) + 1)  # + a masked sentinel slot
     bar = tqdm(total=settings.epochs, desc="cloning", unit="epoch", disable=not progress)
     with bar:
         tuned, losses, mse0, mse = _train(
@@ -263,6 +383,7 @@ def clone_spectrum(
     profile: str = "pseudo_voigt",
     optimizer: str = "adam",
     compute_dtype: str = "float64",
+    flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
     progress: bool = False,
 ) -> CloneResult:
     """Detect the lines of one normalised spectrum and clone them.
@@ -277,10 +398,20 @@ def clone_spectrum(
         profile: ``"pseudo_voigt"`` (paper eq. 2) or ``"blase"`` (original code's variant).
         optimizer: ``"adam"`` or ``"amsgrad"`` (what the original code used).
         compute_dtype: ``"float64"`` or ``"float32"`` profile arithmetic (offsets stay float64).
+        flux_tolerance: adaptive line windows within about this of ``wing_cut`` windows
+            (normalised flux); ``None`` gives every line ``wing_cut`` pixels, as the paper.
         progress: show a progress bar over epochs.
     """
     settings = CloneSettings(
-        prominence, wing_cut, epochs, learning_rate, tune_centers, profile, optimizer, compute_dtype
+        prominence,
+        wing_cut,
+        epochs,
+        learning_rate,
+        tune_centers,
+        profile,
+        optimizer,
+        compute_dtype,
+        flux_tolerance,
     )
     lines = detect_lines(wavelength, normalized_flux, prominence=prominence)
     return clone_lines(wavelength, normalized_flux, lines, settings, progress=progress)
@@ -309,6 +440,7 @@ def clone_batch(
     profile: str = "pseudo_voigt",
     optimizer: str = "adam",
     compute_dtype: str = "float64",
+    flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
     progress: bool = True,
     on_result: Callable[[int, CloneResult], None] | None = None,
 ) -> list[CloneResult]:
@@ -329,7 +461,15 @@ def clone_batch(
         One :class:`CloneResult` per input spectrum, in input order.
     """
     settings = CloneSettings(
-        prominence, wing_cut, epochs, learning_rate, tune_centers, profile, optimizer, compute_dtype
+        prominence,
+        wing_cut,
+        epochs,
+        learning_rate,
+        tune_centers,
+        profile,
+        optimizer,
+        compute_dtype,
+        flux_tolerance,
     )
     return clone_many(
         wavelength,
@@ -375,7 +515,7 @@ def clone_many(
         for start in range(0, len(order), batch_size):
             idx = list(order[start : start + batch_size])
             filled = idx + [idx[-1]] * (batch_size - len(idx))
-            length = _bucket_length(max(len(detected[i]) for i in idx))
+            length = _bucket_length(max(len(detected[i]) for i in idx) + 1)
             lines = stack_line_lists([detected[i] for i in filled], length=length)
             tuned, losses, mse0, mse = _train(wl, fluxes[filled], lines, settings, chunk, None)
             for k, i in enumerate(idx):

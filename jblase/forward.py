@@ -43,12 +43,14 @@ DEFAULT_WING_CUT = 6000
 #: Largest absorption a_j V_j kept before the log (DESIGN.md step 3).
 MAX_ABSORPTION = 1.0 - 1e-9
 #: Elements (lines x window pixels) evaluated per scan step when ``chunk_size`` is not given.
-_ELEMENTS_PER_CHUNK = 1 << 22
+_ELEMENTS_PER_CHUNK = 1 << 20
 
 
-def _chunking(n_lines: int, wing_cut: int, chunk_size: int | None) -> tuple[int, int]:
+def _chunking(
+    n_lines: int, wing_cut: int, chunk_size: int | None, chunk_elements: int | None = None
+) -> tuple[int, int]:
     """(n_chunks, chunk_size) with balanced chunks covering ``n_lines``."""
-    cap = chunk_size or max(1, _ELEMENTS_PER_CHUNK // wing_cut)
+    cap = chunk_size or max(1, (chunk_elements or _ELEMENTS_PER_CHUNK) // wing_cut)
     n_chunks = max(1, -(-n_lines // cap))
     return n_chunks, max(1, -(-n_lines // n_chunks))
 
@@ -63,7 +65,17 @@ def _line_coefficients(ln_amplitude, ln_sigma, ln_gamma, weight, profile: str, d
     return tuple(c.astype(dtype) for c in (c_l, hwhm * hwhm, c_g, k_g))
 
 
-@partial(jax.jit, static_argnames=("wing_cut", "profile", "chunk_size", "compute_dtype"))
+def _nearest_pixel(wavelength_aa, center):
+    """Index of the pixel nearest to each centre (ties to the lower pixel)."""
+    right = jnp.clip(jnp.searchsorted(wavelength_aa, center), 1, wavelength_aa.shape[0] - 1)
+    closer_left = (center - wavelength_aa[right - 1]) <= (wavelength_aa[right] - center)
+    return jnp.where(closer_left, right - 1, right)
+
+
+@partial(
+    jax.jit,
+    static_argnames=("wing_cut", "profile", "chunk_size", "compute_dtype", "chunk_elements"),
+)
 def ln_flux(
     wavelength_aa,
     center,
@@ -76,6 +88,7 @@ def ln_flux(
     profile: str = "pseudo_voigt",
     chunk_size: int | None = None,
     compute_dtype=jnp.float64,
+    chunk_elements: int | None = None,
 ):
     """Natural log of the model flux, shape (n_pix,).
 
@@ -86,8 +99,10 @@ def ln_flux(
         mask: optional bool (n_lines,); False lines contribute nothing.
         wing_cut: window width in pixels, centred on each line.
         profile: profile name (see :mod:`jblase.profiles`).
-        chunk_size: lines per scan step (default: about 4M window elements per step).
+        chunk_size: lines per scan step (default: about 1M window elements per step).
         compute_dtype: dtype of the profile arithmetic.
+        chunk_elements: lines x window elements per step when ``chunk_size`` is not given
+            (default about 1M; divide it by the batch size under ``vmap``).
     """
     wavelength_aa = jnp.asarray(wavelength_aa, jnp.float64)
     n_pix = wavelength_aa.shape[0]
@@ -96,7 +111,7 @@ def ln_flux(
         mask = jnp.ones(n_lines, dtype=bool)
     if n_lines == 0:
         return jnp.zeros(n_pix, compute_dtype)
-    n_chunks, size = _chunking(n_lines, wing_cut, chunk_size)
+    n_chunks, size = _chunking(n_lines, wing_cut, chunk_size, chunk_elements)
     n_pad = n_chunks * size - n_lines
 
     def _prep(x, fill):
@@ -117,22 +132,35 @@ def ln_flux(
     half = wing_cut // 2
     window = jnp.arange(wing_cut) - half
     max_abs = min(MAX_ABSORPTION, 1.0 - 2.0 * float(jnp.finfo(compute_dtype).eps))
+    # Active lines first, so chunks holding only masked lines can be skipped (lax.cond; under
+    # vmap the skip turns into a select and costs as much as the work).
+    order = jnp.argsort(jnp.concatenate([~mask, jnp.ones(n_pad, bool)]), stable=True)
+    chunks = tuple(c.reshape(-1)[order].reshape(n_chunks, size) for c in chunks)
+    n_active = jnp.sum(mask)
 
-    def step(total, chunk):
-        mu, ln_a, ln_s, ln_g, w = chunk
-        c_l, h2, c_g, k_g = _line_coefficients(ln_a, ln_s, ln_g, w, profile, compute_dtype)
-        nearest = jnp.searchsorted(wavelength_aa, jax.lax.stop_gradient(mu))
-        idx = nearest[:, None] + window[None, :]
-        inside = (idx >= 0) & (idx < n_pix)
-        idx = jnp.clip(idx, 0, n_pix - 1)
-        x = (wavelength_aa[idx] - mu[:, None]).astype(compute_dtype)
-        x2 = x * x
-        absorption = c_l[:, None] / (h2[:, None] + x2) + c_g[:, None] * jnp.exp(-x2 * k_g[:, None])
-        contrib = jnp.log1p(-jnp.clip(absorption, 0.0, max_abs))
-        contrib = jnp.where(inside, contrib, 0.0)
-        return total.at[idx].add(contrib), None
+    def step(total, inputs):
+        k, chunk = inputs
 
-    total, _ = jax.lax.scan(jax.checkpoint(step), jnp.zeros(n_pix, compute_dtype), chunks)
+        def add(total):
+            mu, ln_a, ln_s, ln_g, w = chunk
+            c_l, h2, c_g, k_g = _line_coefficients(ln_a, ln_s, ln_g, w, profile, compute_dtype)
+            nearest = _nearest_pixel(wavelength_aa, jax.lax.stop_gradient(mu))
+            idx = nearest[:, None] + window[None, :]
+            inside = (idx >= 0) & (idx < n_pix)
+            idx = jnp.clip(idx, 0, n_pix - 1)
+            x = (wavelength_aa[idx] - mu[:, None]).astype(compute_dtype)
+            x2 = x * x
+            absorption = c_l[:, None] / (h2[:, None] + x2) + c_g[:, None] * jnp.exp(
+                -x2 * k_g[:, None]
+            )
+            contrib = jnp.log1p(-jnp.clip(absorption, 0.0, max_abs))
+            contrib = jnp.where(inside, contrib, 0.0)
+            return total.at[idx].add(contrib)
+
+        return jax.lax.cond(k * size < n_active, add, lambda t: t, total), None
+
+    steps = (jnp.arange(n_chunks), chunks)
+    total, _ = jax.lax.scan(jax.checkpoint(step), jnp.zeros(n_pix, compute_dtype), steps)
     return total
 
 
@@ -356,6 +384,7 @@ def ln_flux_grouped(
     profile: str = "pseudo_voigt",
     chunk_size: int | None = None,
     compute_dtype=jnp.float64,
+    chunk_elements: int | None = None,
 ):
     """:func:`ln_flux` with each group of lines on its own window width.
 
@@ -378,5 +407,6 @@ def ln_flux_grouped(
             profile=profile,
             chunk_size=chunk_size,
             compute_dtype=compute_dtype,
+            chunk_elements=chunk_elements,
         )
     return total

@@ -313,6 +313,9 @@ def _generate(gen: Generator, params):
 def _generate_batches(gen: Generator, params_batches):
     batch = params_batches.shape[1]
     chunk = gen.chunk_size or max(1, _ELEMENTS_PER_CHUNK // (max(gen.windows, default=1) * batch))
+    if batch == 1:
+        # No vmap: keeps the skipping of chunks of absent lines (a lax.cond) a real branch.
+        return jax.lax.map(lambda p: _flux(gen, p[0], chunk)[None], params_batches)
     one_batch = jax.vmap(lambda p: _flux(gen, p, chunk))
     return jax.lax.map(one_batch, params_batches)
 

@@ -194,11 +194,20 @@ def infer(
     def objective(x):
         return float(_loss_one(gen, wl_j, fl_j, w_j, jnp.asarray(x, jnp.float64)))
 
+    # A grid axis with one value (or a zero-width window) is held fixed: scikit-optimize
+    # cannot search a zero-width dimension.
+    free = bounds[:, 1] > bounds[:, 0]
+
+    def full(x_free):
+        x = bounds[:, 0].copy()
+        x[free] = x_free
+        return x
+
     n_evaluations = n_random
     if n_guided > 0:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The objective has been evaluated")
-            dimensions = [tuple(b) for b in bounds]
+            dimensions = [tuple(b) for b in bounds[free]]
             surrogate = cook_estimator(
                 "GP",
                 space=Space(dimensions),
@@ -207,10 +216,10 @@ def infer(
                 n_restarts_optimizer=gp_restarts,
             )
             res = gp_minimize(
-                objective,
+                lambda x: objective(full(np.asarray(x, float))),
                 dimensions,
                 base_estimator=surrogate,
-                x0=[list(x) for x in x0],
+                x0=[list(x) for x in x0[:, free]],
                 y0=[float(y) for y in y0],
                 n_calls=n_guided,
                 n_initial_points=0,
@@ -219,7 +228,7 @@ def infer(
                 n_points=n_points,
                 random_state=seed,
             )
-        best_x, best_y = np.asarray(res.x, float), float(res.fun)
+        best_x, best_y = full(np.asarray(res.x, float)), float(res.fun)
         n_evaluations += n_guided
     else:
         i = int(np.argmin(y0))
@@ -233,18 +242,20 @@ def infer(
         span = bounds[:, 1] - bounds[:, 0]
         span = np.where(span > 0, span, 1.0)
         lo_j, span_j = jnp.asarray(bounds[:, 0]), jnp.asarray(span)
+        # The MSE is ~1e-5 at a good fit: scale it to ~1 so L-BFGS-B's tolerances bite.
+        scale = max(best_y**2, 1e-300)
 
         def fun(u):
             value, grad = _mse_and_grad_unit(gen, wl_j, fl_j, w_j, lo_j, span_j, jnp.asarray(u))
-            return float(value), np.asarray(grad, dtype=np.float64)
+            return float(value) / scale, np.asarray(grad, dtype=np.float64) / scale
 
         opt = scipy.optimize.minimize(
             fun,
             (best_x - bounds[:, 0]) / span,
             jac=True,
             method="L-BFGS-B",
-            bounds=[(0.0, 1.0)] * 3,
-            options={"maxiter": max_refine_iterations},
+            bounds=[(0.0, 1.0) if f else (0.0, 0.0) for f in free],
+            options={"maxiter": max_refine_iterations, "gtol": 1e-9, "ftol": 1e-12},
         )
         n_grad = int(opt.nfev)
         x = bounds[:, 0] + np.clip(opt.x, 0.0, 1.0) * span

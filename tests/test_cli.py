@@ -176,11 +176,6 @@ def test_infer_human_readable(work, star):
     assert 5000 <= teff <= 5500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jblase.inference hands scikit-optimize a zero-width dimension for a grid axis "
-    "with one value ('the lower bound 0.0 has to be less than the upper bound 0.0')",
-)
 def test_infer_on_a_grid_with_one_metallicity(work, star, tmp_path):
     clones = shutil.copytree(work["clones"], tmp_path / "clones")
     for path in clones.glob("*_Z-0.5.npz"):
