@@ -172,7 +172,10 @@ def _plots(out, manifold, generator, model, truths, rows, normalize) -> list[str
     true_flux = normalize(wl, model.flux(*truth, wavelength=wl), truth[0])
     recon = np.asarray(generator(truth))
     fig, (ax, axr) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, height_ratios=(3, 1))
-    sel = (wl > wl[0] + 60) & (wl < wl[0] + 90)
+    # A 30 A window around the deepest line of the active region.
+    active = (wl > wl[0] + 60) & (wl < wl[-1] - 60)
+    deepest = wl[active][np.argmin(true_flux[active])]
+    sel = (wl > deepest - 15) & (wl < deepest + 15)
     ax.plot(wl[sel], true_flux[sel], "k", lw=1, label="simulator (truth, off-grid)")
     ax.plot(wl[sel], recon[sel], "C1", lw=1, label="jblase generator")
     ax.set_ylabel("normalised flux")
