@@ -26,7 +26,14 @@ from jblase.forward import (
 )
 from jblase.interp import interpolate_lines
 
-__all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator"]
+__all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator", "default_batch_size"]
+
+
+def default_batch_size() -> int:
+    """Spectra per vmapped step: 1 on CPU (a vmapped batch cannot skip chunks of absent
+    lines, and a CPU gains little from batching), 32 on GPUs/TPUs."""
+    return 1 if jax.default_backend() == "cpu" else 32
+
 
 #: Lines whose interpolated ln a falls below this contribute nothing (DESIGN.md step 5).
 LN_AMPLITUDE_CUTOFF = -100.0
@@ -273,8 +280,10 @@ class Generator(eqx.Module):
         """
         return _generate(self, jnp.asarray(params, jnp.float64))
 
-    def batch(self, params, batch_size: int = 32) -> jax.Array:
-        """Fluxes (n, n_pix) for ``params`` (n, 3), ``batch_size`` spectra per vmapped step."""
+    def batch(self, params, batch_size: int | None = None) -> jax.Array:
+        """Fluxes (n, n_pix) for ``params`` (n, 3), ``batch_size`` spectra per vmapped step
+        (default :func:`default_batch_size`: 1 on CPU, 32 on accelerators)."""
+        batch_size = batch_size or default_batch_size()
         p = jnp.atleast_2d(jnp.asarray(params, jnp.float64))
         n = p.shape[0]
         batch_size = max(1, min(batch_size, n))

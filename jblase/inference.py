@@ -28,7 +28,7 @@ import numpy as np
 import scipy.optimize
 
 from jblase._checks import check_wavelength
-from jblase.generator import Generator
+from jblase.generator import Generator, default_batch_size
 
 __all__ = ["InferenceResult", "infer", "rms_loss"]
 
@@ -147,7 +147,7 @@ def infer(
     refine: bool = True,
     seed: int = 0,
     *,
-    batch_size: int = 25,
+    batch_size: int | None = None,
     acq_func: str = "EI",
     acq_optimizer: str = "sampling",
     n_points: int = 2000,
@@ -167,7 +167,8 @@ def infer(
         n_guided: surrogate-guided gp_minimize calls after them.
         refine: run the gradient refinement (L-BFGS-B through the generator).
         seed: seeds the random points and gp_minimize.
-        batch_size: spectra per vmapped step when evaluating the random points.
+        batch_size: spectra per vmapped step when evaluating the random points (default:
+            1 on CPU, where a vmapped batch cannot skip absent lines; 32 on accelerators).
         acq_func, acq_optimizer, n_points: passed to ``gp_minimize`` (see module docstring).
         gp_restarts: restarts of the surrogate's kernel-hyperparameter fit at every guided call
             (scikit-optimize's default is 2; each restart costs a full fit).
@@ -188,6 +189,8 @@ def infer(
 
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(bounds[:, 0], bounds[:, 1], size=(n_random, 3))
+    if batch_size is None:
+        batch_size = default_batch_size()
     y0 = np.asarray(_loss_batch(gen, wl_j, fl_j, w_j, jnp.asarray(x0), batch_size))
     t_random = time.perf_counter()
 
