@@ -30,7 +30,6 @@ __all__ = [
     "DEFAULT_FLUX_TOLERANCE",
     "DEFAULT_WING_CUT",
     "WINDOW_SIZES",
-    "batched_window_groups",
     "ln_flux",
     "ln_flux_grouped",
     "required_half_width_aa",
@@ -321,55 +320,6 @@ def _window_choice(
     if mask is not None:
         choice = np.where(np.asarray(mask), choice, -1)
     return windows, choice
-
-
-def batched_window_groups(
-    wavelength_aa,
-    center,
-    ln_amplitude,
-    ln_sigma,
-    ln_gamma,
-    mask,
-    sentinel: int,
-    *,
-    wing_cut: int = DEFAULT_WING_CUT,
-    profile: str = "pseudo_voigt",
-    flux_tolerance: float = DEFAULT_FLUX_TOLERANCE,
-    sizes: tuple[int, ...] = WINDOW_SIZES,
-    margin: float = 1.0,
-    bucket=None,
-) -> tuple[tuple[int, np.ndarray], ...]:
-    """Per-spectrum window groups for a batch: ``((window, indices (batch, capacity)), ...)``.
-
-    Like :func:`window_groups`, but each spectrum (axis 0) gets its own line slots in every
-    group; rows are padded to a common capacity (``bucket(n)`` if given, to limit
-    recompilation) with ``sentinel``, the index of a masked line slot.
-    """
-    windows, choice = _window_choice(
-        wavelength_aa,
-        center,
-        ln_amplitude,
-        ln_sigma,
-        ln_gamma,
-        mask,
-        wing_cut,
-        profile,
-        flux_tolerance,
-        sizes,
-        margin,
-    )
-    groups = []
-    for i, window in enumerate(windows):
-        members = [np.flatnonzero(row == i) for row in choice]
-        cap = max(len(m) for m in members)
-        if cap == 0:
-            continue
-        cap = bucket(cap) if bucket else cap
-        idx = np.full((len(members), cap), sentinel, dtype=np.int32)
-        for b, m in enumerate(members):
-            idx[b, : len(m)] = m
-        groups.append((window, idx))
-    return tuple(groups)
 
 
 def ln_flux_grouped(
