@@ -188,6 +188,7 @@ def _run_segment(
     return params, opt_state, losses
 
 
+@partial(jax.jit, static_argnames=("settings", "n_steps", "chunk_size", "windows"))
 def _batched_segment(
     params,
     opt_state,
@@ -218,9 +219,6 @@ def _batched_mse(params, fixed, wavelength, flux, weight, mask, *, settings, chu
     )
 
 
-_batched_segment = jax.jit(
-    _batched_segment, static_argnames=("settings", "n_steps", "chunk_size", "windows")
-)
 _init_batched = jax.jit(
     lambda params, name, lr: jax.vmap(_make_optimizer(name, lr).init)(params),
     static_argnames=("name", "lr"),
@@ -340,9 +338,8 @@ def _window_groups(wavelength, params, fixed, mask, settings: CloneSettings, sta
     return tuple(windows), tuple(indices), _Windows(choice, capacity)
 
 
-def _chunk_for(batch: int, wing_cut: int) -> int:
+def _chunk_for(batch: int) -> int:
     """Window elements per scan step and spectrum, so a vmapped step holds about 1M."""
-    del wing_cut
     return max(1, _ELEMENTS_PER_CHUNK // batch)
 
 
@@ -363,9 +360,7 @@ def clone_lines(
     batch = stack_line_lists([lines], length=len(lines) + 1)  # + a masked sentinel slot
     bar = tqdm(total=settings.epochs, desc="cloning", unit="epoch", disable=not progress)
     with bar:
-        tuned, losses, mse0, mse = _train(
-            wl, flux[None], batch, settings, _chunk_for(1, settings.wing_cut), bar
-        )
+        tuned, losses, mse0, mse = _train(wl, flux[None], batch, settings, _chunk_for(1), bar)
     return CloneResult(
         _unbatch(tuned, 0), float(np.sqrt(mse[0])), float(np.sqrt(mse0[0])), losses[0], settings
     )
@@ -491,7 +486,7 @@ def clone_many(
     on_result: Callable[[int, CloneResult], None] | None = None,
 ) -> list[CloneResult]:
     """:func:`clone_batch` with a :class:`CloneSettings` (the full-control form)."""
-    prominence, wing_cut = settings.prominence, settings.wing_cut
+    prominence = settings.prominence
     fluxes = np.asarray(normalized_fluxes, dtype=np.float64)
     if fluxes.ndim != 2 or fluxes.shape[0] == 0:
         raise ValueError(
@@ -508,7 +503,7 @@ def clone_many(
     detected = [detect_lines(wl, f, prominence=prominence) for f in fluxes]
     order = np.argsort([len(d) for d in detected], kind="stable")
     batch_size = min(batch_size, len(order))
-    chunk = _chunk_for(batch_size, wing_cut)
+    chunk = _chunk_for(batch_size)
     results: list[CloneResult | None] = [None] * len(order)
     bar = tqdm(total=len(order), desc="cloning", unit="spectrum", disable=not progress)
     with bar:

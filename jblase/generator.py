@@ -340,7 +340,7 @@ def _grid_window_groups(wavelength, identity, values, wing_cut, profile, flux_to
         return (int(wing_cut),), (jnp.arange(n_lines),)
     flat = values.reshape(n_lines, -1, 4).astype(np.float64)
     present = flat[..., 1] >= LN_AMPLITUDE_CUTOFF
-    windows = None
+    windows: dict[int, list[np.ndarray]] = {}
     for start in range(0, n_lines, 4096):
         sl = slice(start, start + 4096)
         center = identity[sl, None] + flat[sl, :, 0]
@@ -357,7 +357,6 @@ def _grid_window_groups(wavelength, identity, values, wing_cut, profile, flux_to
             margin=1.2,
         )
         for window, idx in groups:
-            windows = windows or {}
             windows.setdefault(window, []).append(idx + start)
     if not windows:
         return (int(wing_cut),), (jnp.arange(n_lines),)
