@@ -43,6 +43,13 @@ DEFAULT_WING_CUT = 6000
 MAX_ABSORPTION = 1.0 - 1e-9
 #: Elements (lines x window pixels) evaluated per scan step when ``chunk_size`` is not given.
 _ELEMENTS_PER_CHUNK = 1 << 20
+#: Gather / scatter of one contiguous window (the last axis) per line start index.
+_WINDOW_GATHER = jax.lax.GatherDimensionNumbers(
+    offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,)
+)
+_WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
+)
 
 
 def _chunking(
@@ -89,78 +96,126 @@ def ln_flux(
     compute_dtype=jnp.float64,
     chunk_elements: int | None = None,
 ):
-    """Natural log of the model flux, shape (n_pix,).
+    """Natural log of the model flux, shape (n_pix,), or (n_batch, n_pix) for a batch.
 
     Args:
         wavelength_aa: strictly increasing wavelengths, float64 (n_pix,).
-        center: line centres in A, float64 (n_lines,).
-        ln_amplitude, ln_sigma, ln_gamma: ln a, ln sigma (A), ln gamma (A), each (n_lines,).
-        mask: optional bool (n_lines,); False lines contribute nothing.
+        center: line centres in A, float64 (n_lines,), or (n_batch, n_lines) for a batch of
+            spectra on the same pixels.
+        ln_amplitude, ln_sigma, ln_gamma: ln a, ln sigma (A), ln gamma (A), shaped as ``center``.
+        mask: optional bool, shaped as ``center``; False lines contribute nothing.
         wing_cut: window width in pixels, centred on each line.
         profile: profile name (see :mod:`jblase.profiles`).
         chunk_size: lines per scan step (default: about 1M window elements per step).
         compute_dtype: dtype of the profile arithmetic.
-        chunk_elements: lines x window elements per step when ``chunk_size`` is not given
-            (default about 1M; divide it by the batch size under ``vmap``).
+        chunk_elements: lines x window elements per step, over the whole batch, when
+            ``chunk_size`` is not given (default about 1M; divide it by the batch size under
+            ``vmap``).
+
+    Each spectrum's active lines are moved to the front, and chunks where no spectrum of the
+    batch has an active line are skipped. Pass a batch as a leading axis rather than through
+    ``jax.vmap``: under ``vmap`` the skip becomes a select and absent lines cost full price.
     """
     wavelength_aa = jnp.asarray(wavelength_aa, jnp.float64)
+    center = jnp.asarray(center, jnp.float64)
+    batched = center.ndim == 2
+    if not batched:
+        center, ln_amplitude, ln_sigma, ln_gamma = (
+            x[None] for x in (center, ln_amplitude, ln_sigma, ln_gamma)
+        )
+        mask = None if mask is None else mask[None]
+    n_batch, n_lines = center.shape
     n_pix = wavelength_aa.shape[0]
-    n_lines = center.shape[0]
     if mask is None:
-        mask = jnp.ones(n_lines, dtype=bool)
+        mask = jnp.ones((n_batch, n_lines), dtype=bool)
     if n_lines == 0:
-        return jnp.zeros(n_pix, compute_dtype)
-    n_chunks, size = _chunking(n_lines, wing_cut, chunk_size, chunk_elements)
+        total = jnp.zeros((n_batch, n_pix), compute_dtype)
+        return total if batched else total[0]
+    elements = chunk_elements or _ELEMENTS_PER_CHUNK
+    n_chunks, size = _chunking(n_lines, wing_cut, chunk_size, max(1, elements // n_batch))
     n_pad = n_chunks * size - n_lines
-
-    def _prep(x, fill):
-        x = jnp.concatenate([x, jnp.full((n_pad,), fill, x.dtype)])
-        return x.reshape(n_chunks, size)
 
     # Padding and masked lines get finite, harmless parameters and zero weight, so gradients
     # through them stay finite (the "double where" pattern).
-    weight = mask.astype(jnp.float64)
     safe = lambda x, fill: jnp.where(mask, x, fill)  # noqa: E731
-    chunks = (
-        _prep(safe(jnp.asarray(center, jnp.float64), wavelength_aa[0]), wavelength_aa[0]),
-        _prep(safe(ln_amplitude, -30.0), -30.0),
-        _prep(safe(ln_sigma, -3.0), -3.0),
-        _prep(safe(ln_gamma, -3.0), -3.0),
-        _prep(weight, 0.0),
+    columns = (
+        (safe(center, wavelength_aa[0]), wavelength_aa[0]),
+        (safe(ln_amplitude, -30.0), -30.0),
+        (safe(ln_sigma, -3.0), -3.0),
+        (safe(ln_gamma, -3.0), -3.0),
+        (mask.astype(jnp.float64), 0.0),
     )
+    # Active lines first in every spectrum, so chunks where no spectrum of the batch has an
+    # active line are skipped by a real branch (lax.cond on an unbatched predicate).
+    padded_mask = jnp.concatenate([mask, jnp.zeros((n_batch, n_pad), bool)], axis=1)
+    order = jnp.argsort(~padded_mask, axis=1, stable=True)
+
+    def _prep(x, fill):
+        x = jnp.concatenate([x, jnp.full((n_batch, n_pad), fill, x.dtype)], axis=1)
+        x = jnp.take_along_axis(x, order, axis=1)
+        return jnp.moveaxis(x.reshape(n_batch, n_chunks, size), 1, 0)
+
+    chunks = tuple(_prep(x, fill) for x, fill in columns)
+    n_active = jnp.max(jnp.sum(mask, axis=1))
     half = wing_cut // 2
     window = jnp.arange(wing_cut) - half
+    # Edge values (not sentinels) in the padding keep x, and so every gradient, finite there.
+    padded_wl = jnp.concatenate(
+        [
+            jnp.full((half,), wavelength_aa[0]),
+            wavelength_aa,
+            jnp.full((wing_cut - half,), wavelength_aa[-1]),
+        ]
+    )
     max_abs = min(MAX_ABSORPTION, 1.0 - 2.0 * float(jnp.finfo(compute_dtype).eps))
-    # Active lines first, so chunks holding only masked lines can be skipped (lax.cond; under
-    # vmap the skip turns into a select and costs as much as the work).
-    order = jnp.argsort(jnp.concatenate([~mask, jnp.ones(n_pad, bool)]), stable=True)
-    chunks = tuple(c.reshape(-1)[order].reshape(n_chunks, size) for c in chunks)
-    n_active = jnp.sum(mask)
+
+    def add_one(total, mu, ln_a, ln_s, ln_g, w):
+        """Add one spectrum's chunk of lines to its padded ln-flux (n_pix + wing_cut,)."""
+        c_l, h2, c_g, k_g = _line_coefficients(ln_a, ln_s, ln_g, w, profile, compute_dtype)
+        nearest = _nearest_pixel(wavelength_aa, jax.lax.stop_gradient(mu))
+        pixel = nearest[:, None] + window[None, :]
+        inside = (pixel >= 0) & (pixel < n_pix)
+        # Line i's window is padded_wl[nearest_i : nearest_i + wing_cut]: one contiguous
+        # slice per line, cheaper than a gather per element.
+        wl_window = jax.lax.gather(
+            padded_wl,
+            nearest[:, None],
+            _WINDOW_GATHER,
+            (wing_cut,),
+            mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        )
+        x = (wl_window - mu[:, None]).astype(compute_dtype)
+        x2 = x * x
+        absorption = c_l[:, None] / (h2[:, None] + x2) + c_g[:, None] * jnp.exp(-x2 * k_g[:, None])
+        contrib = jnp.log1p(-jnp.clip(absorption, 0.0, max_abs))
+        contrib = jnp.where(inside, contrib, 0.0)
+        # In the padded total line i's window starts at its nearest pixel. A windowed
+        # scatter (one index per line) is several times faster on CPU than scattering every
+        # element with its own index.
+        return jax.lax.scatter_add(
+            total,
+            nearest[:, None],
+            contrib,
+            _WINDOW_SCATTER,
+            indices_are_sorted=False,
+            unique_indices=False,
+            mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        )
+
+    add_batch = jax.vmap(add_one)
 
     def step(total, inputs):
         k, chunk = inputs
-
-        def add(total):
-            mu, ln_a, ln_s, ln_g, w = chunk
-            c_l, h2, c_g, k_g = _line_coefficients(ln_a, ln_s, ln_g, w, profile, compute_dtype)
-            nearest = _nearest_pixel(wavelength_aa, jax.lax.stop_gradient(mu))
-            idx = nearest[:, None] + window[None, :]
-            inside = (idx >= 0) & (idx < n_pix)
-            idx = jnp.clip(idx, 0, n_pix - 1)
-            x = (wavelength_aa[idx] - mu[:, None]).astype(compute_dtype)
-            x2 = x * x
-            absorption = c_l[:, None] / (h2[:, None] + x2) + c_g[:, None] * jnp.exp(
-                -x2 * k_g[:, None]
-            )
-            contrib = jnp.log1p(-jnp.clip(absorption, 0.0, max_abs))
-            contrib = jnp.where(inside, contrib, 0.0)
-            return total.at[idx].add(contrib)
-
-        return jax.lax.cond(k * size < n_active, add, lambda t: t, total), None
+        skip = lambda t: t  # noqa: E731
+        return jax.lax.cond(k * size < n_active, lambda t: add_batch(t, *chunk), skip, total), None
 
     steps = (jnp.arange(n_chunks), chunks)
-    total, _ = jax.lax.scan(jax.checkpoint(step), jnp.zeros(n_pix, compute_dtype), steps)
-    return total
+    # Padded by ``half`` on the left and ``wing_cut - half`` on the right, so every window is
+    # inside the array; the padding (pixels beyond the spectrum, zero contributions) is cut off.
+    padded = jnp.zeros((n_batch, n_pix + wing_cut), compute_dtype)
+    total, _ = jax.lax.scan(jax.checkpoint(step), padded, steps)
+    total = total[:, half : half + n_pix]
+    return total if batched else total[0]
 
 
 def synthesize(
@@ -336,7 +391,7 @@ def ln_flux_grouped(
     compute_dtype=jnp.float64,
     chunk_elements: int | None = None,
 ):
-    """:func:`ln_flux` with each group of lines on its own window width.
+    """:func:`ln_flux` with each group of lines on its own window width (batch axis allowed).
 
     ``groups`` is ``((window, indices), ...)`` from :func:`window_groups`; the windows are
     static, the index arrays may be traced (their shapes are static). Lines outside every group
@@ -348,11 +403,11 @@ def ln_flux_grouped(
         idx = jnp.asarray(idx)
         total = total + ln_flux(
             wavelength_aa,
-            center[idx],
-            ln_amplitude[idx],
-            ln_sigma[idx],
-            ln_gamma[idx],
-            mask[idx],
+            center[..., idx],
+            ln_amplitude[..., idx],
+            ln_sigma[..., idx],
+            ln_gamma[..., idx],
+            mask[..., idx],
             wing_cut=int(window),
             profile=profile,
             chunk_size=chunk_size,

@@ -18,7 +18,6 @@ import numpy as np
 
 from jblase._checks import check_wavelength
 from jblase.forward import (
-    _ELEMENTS_PER_CHUNK,
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_WING_CUT,
     ln_flux_grouped,
@@ -42,6 +41,10 @@ LN_AMPLITUDE_CUTOFF = -100.0
 #: line fades linearly to zero towards the grid points where it was not detected. Both
 #: reproduce every grid point's clone exactly.
 AMPLITUDE_INTERPOLATIONS = ("linear", "log")
+#: Lines x window pixels per forward-model step (over the whole batch). Smaller than the
+#: forward model's default: most lines of a manifold are absent at any one point, and a step
+#: is skipped only when none of its lines is present, so finer steps skip more absent lines.
+GENERATOR_CHUNK_ELEMENTS = 1 << 18
 
 
 class Generator(eqx.Module):
@@ -293,8 +296,12 @@ class Generator(eqx.Module):
         return out.reshape(n_steps * batch_size, -1)[:n]
 
 
-def _flux(gen: Generator, params, chunk_size):
-    center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
+def _flux(gen: Generator, params, chunk_elements: int | None = None):
+    """Flux (n_pix,) at params (3,), or (n, n_pix) at params (n, 3) as one batched program."""
+    if params.ndim == 2:
+        center, ln_a, ln_s, ln_g, mask = jax.vmap(gen.line_parameters)(params)
+    else:
+        center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
     lnf = ln_flux_grouped(
         gen.wavelength_padded,
         center,
@@ -304,29 +311,26 @@ def _flux(gen: Generator, params, chunk_size):
         mask,
         tuple(zip(gen.windows, gen.window_indices, strict=True)),
         profile=gen.profile,
-        chunk_size=chunk_size,
+        chunk_size=gen.chunk_size,
         compute_dtype=jnp.dtype(gen.compute_dtype),
+        chunk_elements=chunk_elements or GENERATOR_CHUNK_ELEMENTS,
     )
-    flux = jnp.exp(jnp.zeros(gen.wavelength_padded.shape[0]) + lnf)
+    flux = jnp.exp(lnf.astype(jnp.float64))
     flux = jnp.where(jnp.isfinite(flux), flux, 1.0)
-    n = flux.shape[0]
-    return flux[gen.pad_lo : n - gen.pad_hi]
+    n = flux.shape[-1]
+    return flux[..., gen.pad_lo : n - gen.pad_hi]
 
 
 @eqx.filter_jit
 def _generate(gen: Generator, params):
-    return _flux(gen, params, gen.chunk_size)
+    return _flux(gen, params)
 
 
 @eqx.filter_jit
 def _generate_batches(gen: Generator, params_batches):
-    batch = params_batches.shape[1]
-    chunk = gen.chunk_size or max(1, _ELEMENTS_PER_CHUNK // (max(gen.windows, default=1) * batch))
-    if batch == 1:
-        # No vmap: keeps the skipping of chunks of absent lines (a lax.cond) a real branch.
-        return jax.lax.map(lambda p: _flux(gen, p[0], chunk)[None], params_batches)
-    one_batch = jax.vmap(lambda p: _flux(gen, p, chunk))
-    return jax.lax.map(one_batch, params_batches)
+    # Each step is one batched forward model (not a vmap), so chunks of lines absent from
+    # every spectrum of the step are skipped.
+    return jax.lax.map(lambda p: _flux(gen, p), params_batches)
 
 
 def _grid_window_groups(wavelength, identity, values, wing_cut, profile, flux_tolerance):
