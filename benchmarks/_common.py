@@ -15,7 +15,11 @@ import jax
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The reference data (``../shared/data`` beside the checkout; JBLASE_SHARED_DATA overrides).
+SHARED_DATA = Path(
+    os.environ.get("JBLASE_SHARED_DATA")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 
 def machine_info() -> dict:
