@@ -19,10 +19,8 @@ settings, which the driver copies by default; with and without the gradient refi
 ``--quick`` takes the refine=False figures from the phases of the refine=True run, the same
 code path up to the refinement).
 
-jblase's random batch runs with ``batch_size=1`` on CPU (one compiled ``lax.map``: lines absent
-at a point are skipped, which a vmapped batch cannot do) and 32 on accelerators, for the driver
-and for ``infer`` alike (``infer``'s own default, 25, is vmapped and several times slower on
-CPU at these sizes).
+jblase's random batch runs with ``jblase.generator.default_batch_size()`` spectra per compiled
+step (8 on CPU, 32 on accelerators), for the driver and for ``infer`` alike.
 
 The data: the baseline's spectrum at an off-grid truth on a stand-in manifold
 (benchmarks/_realistic_manifold.py: the shapes and sparsity of a cloned grid, NOT a clone),
@@ -54,6 +52,7 @@ from _realistic_manifold import DEFAULT_AXES, make_manifold
 from baseline_paper import PaperBaseline, equivalent_generator
 
 from jblase import Generator
+from jblase.generator import default_batch_size
 from jblase.inference import infer
 
 #: The paper's inference time per spectrum (Ryzen 9 7950X3D), quoted, not rerun.
@@ -461,14 +460,14 @@ def main() -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        help="spectra per vmapped step in jblase's random batch, for the driver and infer "
-        "(default 1 on CPU, where vmapping defeats the skipping of absent lines; 32 otherwise)",
+        help="spectra per compiled step in jblase's random batch, for the driver and infer "
+        "(default 8 on CPU, 32 otherwise)",
     )
     parser.add_argument("--seed", type=int, default=0, help="stand-in manifold seed")
     parser.add_argument("--out", help="output directory (default benchmarks/results)")
     args = parser.parse_args()
     if args.batch_size is None:
-        args.batch_size = 1 if jax.default_backend() == "cpu" else 32
+        args.batch_size = default_batch_size()
     result = run(args)
     m = result["manifold"]
     print(

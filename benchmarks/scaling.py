@@ -10,8 +10,8 @@ Reconstruction (one generator call, jitted), on stand-in manifolds
 * ``lines``: ``make_manifold(n_lines, wl_range)`` with the pixels fixed;
 * ``pixels``: the line count fixed, the wavelength span (so the pixel count) varied;
 * ``batch``: ``generator.batch(params (n, 3), batch_size)`` for n spectra (the same few points
-  tiled), either as one vmapped step (``batch_size=n``, "vmap") or one spectrum at a time inside
-  one compiled ``lax.map`` (``batch_size=1``, "map", what reconstruct.py uses on CPU).
+  tiled), either as one batched step (``batch_size=n``, "one step") or one spectrum per
+  compiled step (``batch_size=1``, "per spectrum").
 
 Two generators: ``paper_work`` (``Generator.from_manifold(m, amplitude_interpolation="log",
 flux_tolerance=None)``: every line gets the full ``wing_cut`` = 6000-pixel window, the paper's
@@ -227,10 +227,10 @@ def bench_reconstruction(cfg: dict, seed: int) -> tuple[list[dict], dict, dict]:
         m = manifold(cfg["recon_fixed_lines"], cfg["recon_fixed_pixels"])
         gen = build(m)
         n_pix = int(m.wavelength.shape[0])
-        for mode in ("vmap", "map"):
+        for mode in ("one step", "per spectrum"):
             results = []
             for n in cfg["recon_batch"]:
-                bs = n if mode == "vmap" else 1
+                bs = n if mode == "one step" else 1
                 # the same few points tiled, so every batch has the same mix of workloads
                 base = points[: min(cfg["recon_batch"])]
                 batch_points = np.tile(base, (-(-n // len(base)), 1))[:n]

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 from jblase._checks import check_spectrum
 from jblase.detect import active_region, detect_lines
 from jblase.forward import (
-    _ELEMENTS_PER_CHUNK,
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_WING_CUT,
     WINDOW_SIZES,
     _window_choice,
+    default_chunk_elements,
     ln_flux_grouped,
 )
 from jblase.linelist import LineList, stack_line_lists
@@ -339,8 +339,9 @@ def _window_groups(wavelength, params, fixed, mask, settings: CloneSettings, sta
 
 
 def _chunk_for(batch: int) -> int:
-    """Window elements per scan step and spectrum, so a vmapped step holds about 1M."""
-    return max(1, _ELEMENTS_PER_CHUNK // batch)
+    """Window elements per scan step and spectrum, so a vmapped step holds about
+    :func:`~jblase.forward.default_chunk_elements` (1M on CPU, 8M on accelerators)."""
+    return max(1, default_chunk_elements() // batch)
 
 
 def _unbatch(tuned: LineList, i: int) -> LineList:

@@ -84,10 +84,15 @@ def rms_loss(generator: Generator, wavelength_aa, flux, weight, params):
 _loss_one = eqx.filter_jit(rms_loss)
 
 
-@eqx.filter_jit
 def _loss_batch(gen: Generator, wavelength_aa, flux, weight, params, batch_size: int):
+    """RMS loss (n,) at params (n, 3): spectra from ``gen.batch``, compared by one kernel."""
     models = gen.batch(params, batch_size)
-    models = jax.vmap(lambda m: jnp.interp(wavelength_aa, gen.wavelength, m))(models)
+    return _rms_of_models(gen.wavelength, wavelength_aa, flux, weight, models)
+
+
+@jax.jit
+def _rms_of_models(model_wavelength, wavelength_aa, flux, weight, models):
+    models = jax.vmap(lambda m: jnp.interp(wavelength_aa, model_wavelength, m))(models)
     resid = (models - flux) * weight
     return jnp.sqrt(jnp.sum(resid * resid, axis=1) / jnp.sum(weight))
 
@@ -167,8 +172,8 @@ def infer(
         n_guided: surrogate-guided gp_minimize calls after them.
         refine: run the gradient refinement (L-BFGS-B through the generator).
         seed: seeds the random points and gp_minimize.
-        batch_size: spectra per vmapped step when evaluating the random points (default:
-            1 on CPU, where a vmapped batch cannot skip absent lines; 32 on accelerators).
+        batch_size: spectra per compiled step when evaluating the random points (default
+            :func:`jblase.generator.default_batch_size`: 8 on CPU, 32 on accelerators).
         acq_func, acq_optimizer, n_points: passed to ``gp_minimize`` (see module docstring).
         gp_restarts: restarts of the surrogate's kernel-hyperparameter fit at every guided call
             (scikit-optimize's default is 2; each restart costs a full fit).
