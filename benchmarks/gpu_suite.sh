@@ -12,12 +12,13 @@ export JBLASE_BENCH_OUT="${OUT:-results}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$(cd .. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$JBLASE_BENCH_OUT"
-python -c "import jax, jblase; print('backend', jax.default_backend(), jax.devices(), jax.__version__)"
+"${PYTHON:-python3}" -c "import jax, jblase; print('backend', jax.default_backend(), jax.devices(), jax.__version__)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+PY="${PYTHON:-python3}"
 run() {
   local limit=$1; shift
   echo "== $(date +%T) $*"
-  timeout "$limit" python "$@" || echo "!! $1 failed or timed out (rc=$?)"
+  timeout "$limit" "$PY" "$@" || echo "!! $1 failed or timed out (rc=$?)"
 }
 if [ "${QUICK:-0}" = "1" ]; then
   run 120 throughput.py --quick --batches 1 8 --contenders default default_f32

@@ -293,9 +293,11 @@ class Generator(eqx.Module):
         repeating the last point, so one shape is compiled per ``batch_size``.
         """
         batch_size = batch_size or default_batch_size()
-        traced = isinstance(params, jax.core.Tracer)
-        xp = jnp if traced else np
-        p = xp.atleast_2d(xp.asarray(params, dtype=np.float64))
+        try:
+            p, traced, xp = np.asarray(params, dtype=np.float64), False, np
+        except jax.errors.TracerArrayConversionError:  # called inside jit
+            p, traced, xp = jnp.asarray(params, jnp.float64), True, jnp
+        p = xp.atleast_2d(p)
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"params must be (n, 3) (teff, logg, feh), got shape {p.shape}")
         n = p.shape[0]
