@@ -36,6 +36,7 @@ from _common import peak_rss_mb, print_table, timeit, write_results
 from _realistic_manifold import make_manifold
 from baseline_paper import equivalent_generator
 
+import jblase.forward
 from jblase import Generator
 
 PAPER = {"lines": 128_723, "wl_range": (8038.0, 12849.0), "batches": (1, 32, 128, 512)}
@@ -142,9 +143,18 @@ def main() -> None:
     parser.add_argument(
         "--contenders", nargs="+", default=["default", "default_f32", "paper_work_f32"]
     )
+    parser.add_argument(
+        "--chunk-elements",
+        type=int,
+        help="override the accelerator's lines x pixels per forward-model step (experiments; "
+        "jblase.forward._ELEMENTS_PER_CHUNK_ACCELERATOR)",
+    )
+    parser.add_argument("--name", help="JSON name (default throughput[_quick])")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output directory (default benchmarks/results)")
     args = parser.parse_args()
+    if args.chunk_elements:
+        jblase.forward._ELEMENTS_PER_CHUNK_ACCELERATOR = args.chunk_elements
     preset = QUICK if args.quick else PAPER
     args.lines = args.lines or preset["lines"]
     args.wl_range = args.wl_range or preset["wl_range"]
@@ -158,7 +168,11 @@ def main() -> None:
         payload["rows"],
         ["contender", "batch_size", "n_spectra", "spectra_per_s", "first_call_s", "device_peak_mb"],
     )
-    write_results("throughput" + ("_quick" if args.quick else ""), payload, out_dir=args.out)
+    payload["settings"] = {
+        "chunk_elements_accelerator": jblase.forward._ELEMENTS_PER_CHUNK_ACCELERATOR
+    }
+    name = args.name or "throughput" + ("_quick" if args.quick else "")
+    write_results(name, payload, out_dir=args.out)
 
 
 if __name__ == "__main__":

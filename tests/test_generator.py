@@ -101,6 +101,11 @@ def test_vmap_and_batch_equal_single_calls(generator):
     np.testing.assert_allclose(jax.vmap(generator)(thetas)[:8], single, rtol=0, atol=1e-13)
     np.testing.assert_allclose(generator.batch(thetas, batch_size=10)[:8], single, atol=1e-13)
     assert generator.batch(thetas, batch_size=10).shape == (64, generator.wavelength.shape[0])
+    # Inside jit, batch() runs its steps in one lax.map; same numbers, last step padded.
+    in_jit = jax.jit(lambda t: generator.batch(t, batch_size=3))(thetas[:8])
+    np.testing.assert_allclose(in_jit, single, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="params must be"):
+        generator.batch(thetas[:, :2])
 
 
 def test_gradient_matches_finite_differences():
