@@ -27,7 +27,7 @@ if [ "${QUICK:-0}" = "1" ]; then
   run 120 reconstruct.py --quick
 else
   # Spectra per second at paper scale (128,723 lines, 8038-12849 A, R = 500,000).
-  run 170 throughput.py --batches 1 32 256 --contenders default_f32 default --repeats 3
+  run 170 throughput.py --batches 1 32 256 1024 --contenders default_f32 default --repeats 3
   # Real PHOENIX spectrum per epoch, then 64 paper-scale spectra cloned in batches of 32.
   run 150 clone.py --quick --skip-grid --paper-grid 64 --paper-batch 32
   # Seconds per inference (paper protocol; the baseline generator runs on the host CPU).

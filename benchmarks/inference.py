@@ -20,7 +20,7 @@ settings, which the driver copies by default; with and without the gradient refi
 code path up to the refinement).
 
 jblase's random batch runs with ``jblase.generator.default_batch_size()`` spectra per compiled
-step (8 on CPU, 32 on accelerators), for the driver and for ``infer`` alike.
+step (8 on CPU, 256 on accelerators), for the driver and for ``infer`` alike.
 
 The data: the baseline's spectrum at an off-grid truth on a stand-in manifold
 (benchmarks/_realistic_manifold.py: the shapes and sparsity of a cloned grid, NOT a clone),

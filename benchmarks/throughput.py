@@ -36,7 +36,7 @@ from _common import peak_rss_mb, print_table, timeit, write_results
 from _realistic_manifold import make_manifold
 from baseline_paper import equivalent_generator
 
-import jblase.forward
+import jblase.generator
 from jblase import Generator
 
 PAPER = {"lines": 128_723, "wl_range": (8038.0, 12849.0), "batches": (1, 32, 128, 512)}
@@ -146,15 +146,15 @@ def main() -> None:
     parser.add_argument(
         "--chunk-elements",
         type=int,
-        help="override the accelerator's lines x pixels per forward-model step (experiments; "
-        "jblase.forward._ELEMENTS_PER_CHUNK_ACCELERATOR)",
+        help="override the generator's lines x pixels per step on an accelerator (experiments; "
+        "jblase.generator.GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)",
     )
     parser.add_argument("--name", help="JSON name (default throughput[_quick])")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output directory (default benchmarks/results)")
     args = parser.parse_args()
     if args.chunk_elements:
-        jblase.forward._ELEMENTS_PER_CHUNK_ACCELERATOR = args.chunk_elements
+        jblase.generator.GENERATOR_CHUNK_ELEMENTS_ACCELERATOR = args.chunk_elements
     preset = QUICK if args.quick else PAPER
     args.lines = args.lines or preset["lines"]
     args.wl_range = args.wl_range or preset["wl_range"]
@@ -169,7 +169,7 @@ def main() -> None:
         ["contender", "batch_size", "n_spectra", "spectra_per_s", "first_call_s", "device_peak_mb"],
     )
     payload["settings"] = {
-        "chunk_elements_accelerator": jblase.forward._ELEMENTS_PER_CHUNK_ACCELERATOR
+        "chunk_elements_accelerator": jblase.generator.GENERATOR_CHUNK_ELEMENTS_ACCELERATOR
     }
     name = args.name or "throughput" + ("_quick" if args.quick else "")
     write_results(name, payload, out_dir=args.out)

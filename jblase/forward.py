@@ -54,9 +54,12 @@ _WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
 )
 
 
-def default_chunk_elements(cpu: int = _ELEMENTS_PER_CHUNK) -> int:
-    """Lines x window pixels per scan step: ``cpu`` on a CPU, 8M on an accelerator."""
-    return cpu if jax.default_backend() == "cpu" else _ELEMENTS_PER_CHUNK_ACCELERATOR
+def default_chunk_elements(cpu: int = _ELEMENTS_PER_CHUNK, accelerator: int | None = None) -> int:
+    """Lines x window pixels per scan step: ``cpu`` on a CPU, ``accelerator`` (default 8M)
+    on a GPU/TPU."""
+    if jax.default_backend() == "cpu":
+        return cpu
+    return accelerator or _ELEMENTS_PER_CHUNK_ACCELERATOR
 
 
 def _chunking(

@@ -30,8 +30,9 @@ __all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator", "defa
 
 
 def default_batch_size() -> int:
-    """Spectra per compiled step of :meth:`Generator.batch`: 8 on CPU, 32 on GPUs/TPUs."""
-    return 8 if jax.default_backend() == "cpu" else 32
+    """Spectra per compiled step of :meth:`Generator.batch`: 8 on CPU, 256 on GPUs/TPUs
+    (where larger batches raised throughput: see GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)."""
+    return 8 if jax.default_backend() == "cpu" else 256
 
 
 #: Lines whose interpolated ln a falls below this contribute nothing (DESIGN.md step 5).
@@ -44,8 +45,11 @@ AMPLITUDE_INTERPOLATIONS = ("linear", "log")
 #: Lines x window pixels per forward-model step on CPU (over the whole batch). Smaller than the
 #: forward model's default: most lines of a manifold are absent at any one point, and a step
 #: is skipped only when none of its lines is present, so finer steps skip more absent lines.
-#: Accelerators use the forward model's larger default (per-step launch costs dominate there).
 GENERATOR_CHUNK_ELEMENTS_CPU = 1 << 18
+#: The same on accelerators, where per-step costs dominate: at paper scale (128,723 lines,
+#: 234,544 pixels) on an H100, batches of 256 ran 264 spectra/s with 2^23 elements per step
+#: and 821 spectra/s with 2^26 (benchmarks/results/gpu_h100/throughput_*.json).
+GENERATOR_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
 class Generator(eqx.Module):
@@ -334,7 +338,10 @@ def _flux(gen: Generator, params, chunk_elements: int | None = None):
         profile=gen.profile,
         chunk_size=gen.chunk_size,
         compute_dtype=jnp.dtype(gen.compute_dtype),
-        chunk_elements=chunk_elements or default_chunk_elements(GENERATOR_CHUNK_ELEMENTS_CPU),
+        chunk_elements=chunk_elements
+        or default_chunk_elements(
+            GENERATOR_CHUNK_ELEMENTS_CPU, GENERATOR_CHUNK_ELEMENTS_ACCELERATOR
+        ),
     )
     flux = jnp.exp(lnf.astype(jnp.float64))
     flux = jnp.where(jnp.isfinite(flux), flux, 1.0)
