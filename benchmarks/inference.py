@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import peak_rss_mb, print_table, write_results
-from _realistic_manifold import DEFAULT_AXES, make_manifold
+from _realistic_manifold import DEFAULT_AXES, describe, make_manifold
 from baseline_paper import PaperBaseline, equivalent_generator
 
 from jblase import Generator
@@ -426,12 +426,7 @@ def run(args) -> dict:
     }
     return {
         "manifold": {
-            "stand_in": True,
-            "note": "timing stand-in from benchmarks/_realistic_manifold.py, not a clone",
-            "n_lines": manifold.n_lines,
-            "n_pix": n_pix,
-            "wl_range": list(wl_range),
-            "grid_shape": list(manifold.shape),
+            **describe(manifold, wl_range),
             "present_fraction": float(np.asarray(manifold.present).mean()),
         },
         "data": {

@@ -39,7 +39,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from _common import peak_rss_mb, print_table, timeit, write_results
-from _realistic_manifold import DEFAULT_AXES, make_manifold
+from _realistic_manifold import DEFAULT_AXES, describe, make_manifold
 from baseline_paper import LN_AMPLITUDE_CUTOFF, PaperBaseline, equivalent_generator
 
 from jblase import Generator
@@ -399,19 +399,9 @@ def run(args) -> dict:
     }
     return {
         "manifold": {
-            "stand_in": True,
-            "note": "timing stand-in from benchmarks/_realistic_manifold.py, not a clone",
-            "n_lines": manifold.n_lines,
-            "n_pix": n_pix,
-            "wl_range": list(args.wl_range),
+            **describe(manifold, args.wl_range),
             "resolution": args.resolution,
-            "grid_shape": list(manifold.shape),
             "axes": [np.asarray(a).tolist() for a in manifold.axes],
-            "present_per_point": {
-                "mean": float(present.mean()),
-                "min": int(present.min()),
-                "max": int(present.max()),
-            },
             "baseline_lines_synthesised_per_spectrum": float(np.mean(lines_kept)),
             "wing_cut": args.wing_cut,
             "profile": manifold.settings["profile"],

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from _common import peak_rss_mb, print_table, timeit, write_results
-from _realistic_manifold import make_manifold
+from _realistic_manifold import describe, make_manifold
 from baseline_paper import equivalent_generator
 
 import jblase.generator
@@ -108,16 +108,7 @@ def run(args) -> dict:
             _log(f"{name} batch {batch}: {row['spectra_per_s']:.1f} spectra/s")
     best = max(rows, key=lambda r: r["spectra_per_s"])
     return {
-        "manifold": {
-            "stand_in": True,
-            "note": "timing stand-in from benchmarks/_realistic_manifold.py, not a clone",
-            "n_lines": manifold.n_lines,
-            "n_pix": n_pix,
-            "wl_range": list(args.wl_range),
-            "present_per_point_mean": float(present.mean()),
-            "grid_shape": list(manifold.shape),
-            "build_s": build_s,
-        },
+        "manifold": {**describe(manifold, args.wl_range), "build_s": build_s},
         "rows": rows,
         "summary": {
             "spectra_per_s_best": best["spectra_per_s"],
