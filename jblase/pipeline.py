@@ -25,6 +25,9 @@ from jblase.preprocess import normalize
 __all__ = ["clone_grid"]
 
 
+_MISSING = object()
+
+
 def clone_grid(
     grid: SpectralGrid,
     clones_dir: str | Path,
@@ -57,10 +60,18 @@ def clone_grid(
         raise ValueError("the grid selection is empty: no spectra to clone")
     if (clones_dir / "manifest.json").exists():
         manifest = read_clones_manifest(clones_dir)
-        if manifest.get("settings") != settings.as_dict():
+        stored_settings = manifest.get("settings") or {}
+        wanted = settings.as_dict()
+        if stored_settings != wanted:
+            differ = "; ".join(
+                f"{key}: stored {stored_settings.get(key, '(not recorded)')!r}, "
+                f"requested {wanted.get(key, '(not a setting)')!r}"
+                for key in sorted(set(stored_settings) | set(wanted))
+                if stored_settings.get(key, _MISSING) != wanted.get(key, _MISSING)
+            )
             raise ValueError(
-                f"{clones_dir} holds clones made with different settings "
-                f"({manifest.get('settings')}); use another --out directory"
+                f"{clones_dir} holds clones made with different settings ({differ}); use "
+                "another --out directory, or the stored settings to resume"
             )
         stored = np.load(clones_dir / "wavelength.npy")
         if stored.shape != wavelength.shape or not np.array_equal(stored, wavelength):

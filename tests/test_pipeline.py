@@ -112,7 +112,12 @@ def test_clone_grid_refuses_other_settings(grid_dir, clones):
     clones_dir, _ = clones
     before = _snapshot(clones_dir)
     other = CloneSettings(epochs=EPOCHS + 1, wing_cut=WING_CUT)
-    with pytest.raises(ValueError, match="different settings"):
+    # The message names only the setting that differs, with both values.
+    with pytest.raises(
+        ValueError,
+        match=rf"different settings \(epochs: stored {EPOCHS}, "
+        rf"requested {EPOCHS + 1}\)",
+    ):
         clone_grid(PhoenixGrid(grid_dir), clones_dir, other, progress=False)
     assert _snapshot(clones_dir) == before
 
