@@ -13,7 +13,7 @@ sparsity of a cloned grid, NOT a clone), in one process on one machine:
 Modes, as the paper's Figure 7: serial (one spectrum per call; jblase ``generator(p)`` jitted and
 warmed up) and batch mode for n spectra (jblase ``generator.batch(params, batch_size)``; the
 baseline calls each interpolator once at all n points, then synthesises spectrum by spectrum).
-jblase's ``batch_size`` defaults to ``jblase.generator.default_batch_size()`` (8 on CPU, 256 on
+jblase's ``batch_size`` defaults to ``jblase.generator.default_batch_size()`` (1 on CPU, 256 on
 an accelerator). For large n the baseline synthesises only the first
 ``--baseline-max-spectra`` spectra and its synthesis time is scaled linearly to n (marked
 ``scaled`` in the JSON and the table). Times are medians over repeats, with min/max; memory
@@ -457,7 +457,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=float, default=500_000.0)
     parser.add_argument("--batches", type=int, nargs="+", help="batch-mode spectrum counts")
     parser.add_argument(
-        "--batch-size", type=int, help="jblase batch_size (default 8 on CPU, 256 on accelerators)"
+        "--batch-size", type=int, help="jblase batch_size (default 1 on CPU, 256 on accelerators)"
     )
     parser.add_argument("--wing-cut", type=int, default=6000)
     parser.add_argument("--repeats", type=int, default=5, help="most timed runs per measurement")
