@@ -6,9 +6,11 @@ absorption lines, evaluated in log space::
     flux(lambda) = exp( sum_j ln(1 - clip(a_j V_j(lambda - mu_j), 0, 1 - 1e-9)) )
 
 where line j only touches a window of ``wing_cut`` pixels centred on the pixel nearest its
-centre (pixels of the window beyond either end of the spectrum are dropped). Lines are processed
-``chunk_size`` at a time inside a ``lax.scan``, so memory stays at about
-``chunk_size * wing_cut`` elements whatever the number of lines.
+centre (pixels of the window beyond either end of the spectrum are dropped). Each window is read
+and added back as one contiguous slice. Lines are processed ``chunk_size`` at a time inside a
+``lax.scan``, so memory stays at about ``chunk_size * wing_cut`` elements whatever the number of
+lines; masked (absent) lines are moved behind the active ones and chunks holding none are
+skipped. Parameters may carry a leading batch axis (several spectra on the same pixels).
 
 Precision: ``lambda - mu`` is formed in float64 (wavelengths near 10,000 A with 0.01 A
 structure); the profile arithmetic runs in ``compute_dtype`` (float64 by default, float32 for
