@@ -1,11 +1,16 @@
 """Shared test fixtures: x64 on (importing jblase does it) and the real reference data."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import jblase  # noqa: F401  (turns on float64 in JAX)
+
+# Commands run in-process by the tests must not write a compilation cache into the home
+# directory (tests/test_cli.py checks the cache in subprocesses of its own).
+os.environ["JBLASE_NO_COMPILE_CACHE"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHOENIX_NPZ = SHARED_DATA / "phoenix_T4100_g2.50_Z0.0_normalized.npz"

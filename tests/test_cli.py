@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from jblase.cli import main
+from jblase.cli import compile_cache_dir, main
 from jblase.generator import Generator
 from jblase.grids.synthetic import load_model
 from jblase.io import read_spectrum, write_spectrum
@@ -247,3 +249,53 @@ def test_clone_of_an_empty_selection(work, tmp_path):
 
 def test_build_of_a_directory_without_clones(tmp_path):
     fails(["build", tmp_path, "--out", tmp_path / "m.npz"], str(tmp_path), "no clone manifest")
+
+
+def test_compile_cache_location_follows_the_environment(monkeypatch, tmp_path):
+    for name in ("JBLASE_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR", "JBLASE_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache_dir() == tmp_path / "xdg" / "jblase" / "jax"
+    monkeypatch.setenv("JBLASE_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))
+    assert compile_cache_dir() is None  # the user's own JAX setting wins
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("JBLASE_NO_COMPILE_CACHE", "1")
+    assert compile_cache_dir() is None
+
+
+_CACHE_SCRIPT = """
+import jax, jax.numpy as jnp
+from jblase.cli import enable_compile_cache
+print(enable_compile_cache(min_compile_seconds=0.0))
+x = jnp.linspace(0.0, 1.0, 64)
+print(float(jax.jit(lambda v: jnp.sum(jnp.sin(v) * jnp.cos(v[::-1])))(x)))
+"""
+
+
+def test_compiled_programs_are_kept_between_runs(tmp_path):
+    """A second process finds the first one's compiled program in the cache (no new entry)."""
+    cache = tmp_path / "cache"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("JBLASE_NO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")
+    }
+    env["JBLASE_CACHE_DIR"] = str(cache)
+    outputs = []
+    for _ in range(2):
+        run = subprocess.run(
+            [sys.executable, "-c", _CACHE_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        outputs.append(run.stdout.split())
+        if len(outputs) == 1:
+            first = sorted(p.name for p in cache.iterdir())
+    assert outputs[0][0] == str(cache) and outputs[0][1] == outputs[1][1]
+    assert first, "nothing was written to the compilation cache"
+    assert sorted(p.name for p in cache.iterdir()) == first
