@@ -134,8 +134,7 @@ def _mse(
         chunk_elements=chunk_size,
         compute_dtype=jnp.dtype(settings.compute_dtype),
     )
-    model = jnp.exp(jnp.zeros(wavelength.shape[0]) + ln_model)
-    resid = model.astype(jnp.float64) - flux
+    resid = jnp.exp(ln_model.astype(jnp.float64)) - flux
     return jnp.sum(weight * resid * resid) / jnp.sum(weight)
 
 

@@ -65,10 +65,11 @@ def default_chunk_elements(cpu: int = _ELEMENTS_PER_CHUNK, accelerator: int | No
 
 
 def _chunking(
-    n_lines: int, wing_cut: int, chunk_size: int | None, chunk_elements: int | None = None
+    n_lines: int, wing_cut: int, chunk_size: int | None, chunk_elements: int
 ) -> tuple[int, int]:
-    """(n_chunks, chunk_size) with balanced chunks covering ``n_lines``."""
-    cap = chunk_size or max(1, (chunk_elements or default_chunk_elements()) // wing_cut)
+    """(n_chunks, chunk_size) with balanced chunks covering ``n_lines``: ``chunk_size`` lines,
+    or as many as fit ``chunk_elements`` window elements."""
+    cap = chunk_size or max(1, chunk_elements // wing_cut)
     n_chunks = max(1, -(-n_lines // cap))
     return n_chunks, max(1, -(-n_lines // n_chunks))
 
