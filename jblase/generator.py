@@ -34,9 +34,10 @@ def default_batch_size() -> int:
     """Spectra per compiled step of :meth:`Generator.batch`: 1 on CPU, 256 on GPUs/TPUs.
 
     A step's work follows its busiest spectrum (the most lines present), so on a CPU, where a
-    step gains little from batching, batches of 8 ran 20-40% slower per spectrum than single
-    spectra at 20,000 lines; on an H100 larger batches raised throughput (see
-    GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)."""
+    step gains little from batching, 10 spectra in steps of 8 ran 1.5-2.6x slower than one at
+    a time at 20,000 lines (``benchmarks/reconstruct.py --lines 20000 --batches 10
+    --batch-size 8`` against ``reconstruct.json``); on an H100 larger batches raised
+    throughput (see GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)."""
     return 1 if jax.default_backend() == "cpu" else 256
 
 
