@@ -268,7 +268,7 @@ def run(args) -> dict:
                 "compute_dtype": gen.compute_dtype,
                 "amplitude_interpolation": gen.amplitude_interpolation,
                 "flux_tolerance": gen.flux_tolerance,
-                "windows": list(gen.windows),
+                "max_tiles": gen.max_tiles,
                 "batch_size": args.batch_size,
             },
         }

@@ -101,7 +101,7 @@ def run(args) -> dict:
                 "spread_spectra_per_s": [n / timing["max"], n / timing["min"]],
                 "first_call_s": first_s,
                 "setup_s": setup_s,
-                "windows": list(gen.windows),
+                "max_tiles": gen.max_tiles,
                 "device_peak_mb": _device_peak_mb(),
             }
             rows.append(row)

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wing-cut", type=int, default=6000, help="pixels per line window")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
-    p.add_argument("--batch", type=int, default=8, help="spectra cloned together under vmap")
+    p.add_argument("--batch", type=int, default=8, help="spectra cloned together in one program")
     p.add_argument("--profile", default="pseudo_voigt", choices=["pseudo_voigt", "blase"])
     p.add_argument("--optimizer", default="adam", choices=["adam", "amsgrad"])
     p.add_argument(

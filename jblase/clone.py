@@ -3,10 +3,11 @@
 One spectrum (:func:`clone_spectrum`) or many grid spectra at once (:func:`clone_batch`). The
 loss is the mean squared error over the active region (pixels more than 60 A inside either end),
 minimised with optax Adam (or AMSGrad, as the original code) over ln a, ln sigma, ln gamma and,
-by default, the centres. The whole epoch loop is one compiled ``lax.scan``; the batched form
-``vmap``s it across spectra whose line lists are padded to a common length with a mask, grouping
-spectra of similar line counts so padding wastes little work. Compiled once per
-(batch size, padded line count, epochs per segment).
+by default, the centres. The whole epoch loop is one compiled ``lax.scan``. A batch of spectra
+is one program on the forward model's batch axis: line lists are padded to a common length with
+a mask (padded lines cost nothing), each spectrum's loss depends only on its own lines, and Adam
+acts element by element, so every spectrum trains exactly as it would alone. Compiled once per
+(batch size, padded line count, epochs per segment, tile bound).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from jblase._checks import check_spectrum
 from jblase.detect import active_region, detect_lines
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
+    DEFAULT_TILE,
     DEFAULT_WING_CUT,
-    WINDOW_SIZES,
-    _window_choice,
-    default_chunk_elements,
-    ln_flux_grouped,
+    _nearest_pixel,
+    default_max_tiles,
+    ln_flux,
+    window_px,
 )
 from jblase.linelist import LineList, stack_line_lists
 
@@ -58,10 +60,9 @@ class CloneSettings:
     profile: str = "pseudo_voigt"
     optimizer: str = "adam"
     compute_dtype: str = "float64"
-    #: Adaptive windows (see :func:`jblase.forward.window_groups`): each line gets the
-    #: smallest window its wings need for the model to stay within about this of the
-    #: ``wing_cut`` windows; regrouped every training segment. None: ``wing_cut`` for every
-    #: line, exactly as the paper.
+    #: Adaptive windows (see :func:`jblase.forward.ln_flux`): each line gets the smallest
+    #: window its current wings need for the model to stay within about this of the
+    #: ``wing_cut`` windows. None: ``wing_cut`` for every line, exactly as the paper.
     flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE
     #: Centres are tuned as ``center + center_scale_aa * shift``: Adam then moves them by about
     #: learning_rate * center_scale_aa (0.005 A, a third of a PHOENIX pixel) per epoch.
@@ -118,24 +119,26 @@ def _segment_length(epochs: int, longest: int = 25) -> int:
     return max(d for d in range(1, min(epochs, longest) + 1) if epochs % d == 0)
 
 
-def _mse(
-    params, fixed, wavelength, flux, weight, mask, settings: CloneSettings, chunk_size, windows
-):
+def _mse(params, fixed, wavelength, flux, weight, mask, settings: CloneSettings, max_tiles):
+    """Mean squared error of each spectrum of the batch, shape (n_batch,)."""
     center = _center(params, fixed, settings)
-    ln_model = ln_flux_grouped(
+    ln_model = ln_flux(
         wavelength,
         center,
         params["ln_amplitude"],
         params["ln_sigma"],
         params["ln_gamma"],
         mask,
-        tuple(zip(windows, fixed["window_idx"], strict=True)),
+        fixed["window_cap"],
+        fixed["pixel_hint"],
+        wing_cut=settings.wing_cut,
         profile=settings.profile,
-        chunk_elements=chunk_size,
         compute_dtype=jnp.dtype(settings.compute_dtype),
+        flux_tolerance=settings.flux_tolerance,
+        max_tiles=max_tiles,
     )
     resid = jnp.exp(ln_model.astype(jnp.float64)) - flux
-    return jnp.sum(weight * resid * resid) / jnp.sum(weight)
+    return jnp.sum(weight * resid * resid, axis=-1) / jnp.sum(weight)
 
 
 def _center(params, fixed, settings: CloneSettings):
@@ -156,70 +159,32 @@ def _split(lines: LineList, tune_centers: bool):
     return params, fixed
 
 
-@partial(jax.jit, static_argnames=("settings", "n_steps", "chunk_size", "windows"))
+@partial(jax.jit, static_argnames=("settings", "n_steps", "max_tiles"))
 def _run_segment(
-    params,
-    opt_state,
-    fixed,
-    wavelength,
-    flux,
-    weight,
-    mask,
-    *,
-    settings,
-    n_steps,
-    chunk_size,
-    windows,
+    params, opt_state, fixed, wavelength, flux, weight, mask, *, settings, n_steps, max_tiles
 ):
-    """``n_steps`` Adam epochs for one spectrum; returns (params, opt_state, losses)."""
+    """``n_steps`` Adam epochs for a batch; returns (params, opt_state, losses (n_batch, n))."""
     optimizer = _make_optimizer(settings.optimizer, settings.learning_rate)
-    loss_and_grad = jax.value_and_grad(_mse)
+
+    def total_loss(p):
+        mse = _mse(p, fixed, wavelength, flux, weight, mask, settings, max_tiles)
+        return jnp.sum(mse), mse
 
     def epoch(carry, _):
         p, s = carry
-        loss, grads = loss_and_grad(
-            p, fixed, wavelength, flux, weight, mask, settings, chunk_size, windows
-        )
+        (_, mse), grads = jax.value_and_grad(total_loss, has_aux=True)(p)
         updates, s = optimizer.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s), loss
+        return (optax.apply_updates(p, updates), s), mse
 
     (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), None, length=n_steps)
-    return params, opt_state, losses
+    return params, opt_state, losses.T
 
 
-@partial(jax.jit, static_argnames=("settings", "n_steps", "chunk_size", "windows"))
-def _batched_segment(
-    params,
-    opt_state,
-    fixed,
-    wavelength,
-    flux,
-    weight,
-    mask,
-    *,
-    settings,
-    n_steps,
-    chunk_size,
-    windows,
-):
-    run = partial(
-        _run_segment, settings=settings, n_steps=n_steps, chunk_size=chunk_size, windows=windows
-    )
-    return jax.vmap(run, in_axes=(0, 0, 0, None, 0, None, 0))(
-        params, opt_state, fixed, wavelength, flux, weight, mask
-    )
+_batched_mse = jax.jit(_mse, static_argnames=("settings", "max_tiles"))
 
 
-@partial(jax.jit, static_argnames=("settings", "chunk_size", "windows"))
-def _batched_mse(params, fixed, wavelength, flux, weight, mask, *, settings, chunk_size, windows):
-    f = partial(_mse, settings=settings, chunk_size=chunk_size, windows=windows)
-    return jax.vmap(f, in_axes=(0, 0, None, 0, None, 0))(
-        params, fixed, wavelength, flux, weight, mask
-    )
-
-
-_init_batched = jax.jit(
-    lambda params, name, lr: jax.vmap(_make_optimizer(name, lr).init)(params),
+_init_optimizer = jax.jit(
+    lambda params, name, lr: _make_optimizer(name, lr).init(params),
     static_argnames=("name", "lr"),
 )
 
@@ -229,7 +194,6 @@ def _train(
     flux: np.ndarray,
     lines: LineList,
     settings: CloneSettings,
-    chunk_size: int,
     progress: tqdm | None,
 ):
     """Train a batch (axis 0) of padded line lists; return (lines, history, mse0, mse)."""
@@ -237,25 +201,23 @@ def _train(
     wl = jnp.asarray(wavelength)
     fl = jnp.asarray(flux)
     params, fixed = _split(lines, settings.tune_centers)
+    fixed["pixel_hint"] = _nearest_pixel(wl, jnp.asarray(lines.center, jnp.float64))
+    caps = _WindowCaps(wavelength, lines.mask, settings)
 
-    state = None
+    def with_caps(params):
+        cap, max_tiles = caps.update(params, fixed)
+        return {**fixed, "window_cap": cap}, max_tiles
 
-    def regroup(params):
-        """Window groups for the current parameters (fixed ``wing_cut`` if no tolerance)."""
-        nonlocal state
-        windows, idx, state = _window_groups(wavelength, params, fixed, lines.mask, settings, state)
-        return windows, {**fixed, "window_idx": idx}
-
-    windows, fixed_w = regroup(params)
-    kw = dict(settings=settings, chunk_size=chunk_size)
-    mse0 = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, windows=windows, **kw)
+    fixed_w, max_tiles = with_caps(params)
+    kw = dict(settings=settings)
+    mse0 = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, max_tiles=max_tiles, **kw)
     history = []
     if settings.epochs:
-        opt_state = _init_batched(params, settings.optimizer, settings.learning_rate)
+        opt_state = _init_optimizer(params, settings.optimizer, settings.learning_rate)
         n_steps = _segment_length(settings.epochs)
         for _ in range(settings.epochs // n_steps):
-            windows, fixed_w = regroup(params)
-            params, opt_state, losses = _batched_segment(
+            fixed_w, max_tiles = with_caps(params)
+            params, opt_state, losses = _run_segment(
                 params,
                 opt_state,
                 fixed_w,
@@ -264,14 +226,14 @@ def _train(
                 weight,
                 lines.mask,
                 n_steps=n_steps,
-                windows=windows,
+                max_tiles=max_tiles,
                 **kw,
             )
             history.append(np.asarray(losses))
             if progress is not None:
                 progress.update(n_steps)
-    windows, fixed_w = regroup(params)
-    mse = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, windows=windows, **kw)
+    fixed_w, max_tiles = with_caps(params)
+    mse = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, max_tiles=max_tiles, **kw)
     center = _center(params, fixed, settings)
     tuned = LineList(
         center=center,
@@ -285,62 +247,49 @@ def _train(
     return tuned, losses, np.asarray(mse0), np.asarray(mse)
 
 
-@dataclass
-class _Windows:
-    """Window assignment of a training batch, kept across segments so shapes rarely change."""
+class _WindowCaps:
+    """Per-line window caps of a training batch and the static tile bound they imply.
 
-    choice: np.ndarray  # (batch, n_lines) index into ``sizes``; -1 for masked lines
-    capacity: dict  # window -> slots per spectrum
-
-
-def _window_groups(wavelength, params, fixed, mask, settings: CloneSettings, state=None):
-    """(static windows, per-spectrum line indices, state) for a batch of padded line lists.
-
-    With ``settings.flux_tolerance`` None every line gets ``wing_cut`` pixels (the paper).
-    Otherwise lines are grouped by the window their current wings need: a margin of 2 on the
-    half-width at the start, lines only ever move to wider windows, and group capacities only
-    grow (bucketed), so the compiled training step is reused across segments.
+    Adaptive windows follow the parameters at every epoch (inside the compiled loop), but the
+    number of scan steps must be static: so each training segment caps every line's window at
+    its need for the current parameters with a margin (2 on the half-width at the start, 1.25
+    later), caps only grow, and the bound (the largest sum of tiles over the batch) is rounded
+    up to a few sizes, so the compiled step is reused across segments. Without a tolerance
+    every line has ``wing_cut`` pixels and there are no caps.
     """
-    mask = np.asarray(mask)
-    n_batch, n_lines = mask.shape
-    if settings.flux_tolerance is None:
-        idx = np.broadcast_to(np.arange(n_lines, dtype=np.int32), (n_batch, n_lines))
-        return (settings.wing_cut,), (jnp.asarray(idx),), None
-    sizes, choice = _window_choice(
-        wavelength,
-        np.asarray(_center(params, fixed, settings)),
-        np.asarray(params["ln_amplitude"]),
-        np.asarray(params["ln_sigma"]),
-        np.asarray(params["ln_gamma"]),
-        mask,
-        settings.wing_cut,
-        settings.profile,
-        settings.flux_tolerance,
-        WINDOW_SIZES,
-        2.0 if state is None else 1.25,
-    )
-    capacity = {} if state is None else dict(state.capacity)
-    if state is not None:
-        choice = np.maximum(choice, state.choice)
-    windows, indices = [], []
-    for i, window in enumerate(sizes):
-        members = [np.flatnonzero(row == i) for row in choice]
-        count = max(len(m) for m in members)
-        if count == 0 and window not in capacity:
-            continue
-        capacity[window] = max(capacity.get(window, 0), _bucket_length(count))
-        idx = np.full((n_batch, capacity[window]), n_lines - 1, dtype=np.int32)  # masked slot
-        for b, m in enumerate(members):
-            idx[b, : len(m)] = m
-        windows.append(window)
-        indices.append(jnp.asarray(idx))
-    return tuple(windows), tuple(indices), _Windows(choice, capacity)
 
+    def __init__(self, wavelength, mask, settings: CloneSettings):
+        self.wavelength = np.asarray(wavelength)
+        self.mask = np.asarray(mask)
+        self.settings = settings
+        self.cap: np.ndarray | None = None
+        self.bound = 0
 
-def _chunk_for(batch: int) -> int:
-    """Window elements per scan step and spectrum, so a vmapped step holds about
-    :func:`~jblase.forward.default_chunk_elements` (1M on CPU, 8M on accelerators)."""
-    return max(1, default_chunk_elements() // batch)
+    def update(self, params, fixed) -> tuple[jax.Array | None, int]:
+        """(caps (n_batch, n_lines) or None, tile bound per spectrum) for ``params``."""
+        settings = self.settings
+        n_lines = self.mask.shape[-1]
+        if settings.flux_tolerance is None:
+            return None, default_max_tiles(n_lines, settings.wing_cut)
+        need = window_px(
+            self.wavelength,
+            np.asarray(_center(params, fixed, settings)),
+            np.asarray(params["ln_amplitude"]),
+            np.asarray(params["ln_sigma"]),
+            np.asarray(params["ln_gamma"]),
+            wing_cut=settings.wing_cut,
+            profile=settings.profile,
+            flux_tolerance=settings.flux_tolerance,
+            margin=2.0 if self.cap is None else 1.25,
+        )
+        self.cap = need if self.cap is None else np.maximum(self.cap, need)
+        tiles = np.where(self.mask, -(-self.cap.astype(np.int64) // DEFAULT_TILE), 0)
+        bound = min(
+            _bucket_length(int(tiles.sum(axis=-1).max())),
+            default_max_tiles(n_lines, settings.wing_cut),
+        )
+        self.bound = max(self.bound, bound)
+        return jnp.asarray(self.cap), self.bound
 
 
 def _unbatch(tuned: LineList, i: int) -> LineList:
@@ -360,7 +309,7 @@ def clone_lines(
     batch = stack_line_lists([lines], length=len(lines) + 1)  # + a masked sentinel slot
     bar = tqdm(total=settings.epochs, desc="cloning", unit="epoch", disable=not progress)
     with bar:
-        tuned, losses, mse0, mse = _train(wl, flux[None], batch, settings, _chunk_for(1), bar)
+        tuned, losses, mse0, mse = _train(wl, flux[None], batch, settings, bar)
     return CloneResult(
         _unbatch(tuned, 0), float(np.sqrt(mse[0])), float(np.sqrt(mse0[0])), losses[0], settings
     )
@@ -439,12 +388,12 @@ def clone_batch(
     progress: bool = True,
     on_result: Callable[[int, CloneResult], None] | None = None,
 ) -> list[CloneResult]:
-    """Clone many spectra on one wavelength grid, ``batch_size`` at a time under ``vmap``.
+    """Clone many spectra on one wavelength grid, ``batch_size`` at a time in one program.
 
     Spectra are sorted by detected line count and batched in that order; each batch is padded
-    to a bucketed line count (masked lines cost compute but change nothing), and a short last
-    batch is filled with copies so every batch has one compiled shape. Results are identical,
-    to optimiser tolerance, to :func:`clone_spectrum` on each spectrum.
+    to a bucketed line count (masked lines change nothing and cost next to nothing), and a
+    short last batch is filled with copies so every batch has one compiled shape. Results are
+    identical, to optimiser tolerance, to :func:`clone_spectrum` on each spectrum.
 
     Args:
         normalized_fluxes: (n_spectra, n_pix) normalised fluxes on ``wavelength``.
@@ -503,7 +452,6 @@ def clone_many(
     detected = [detect_lines(wl, f, prominence=prominence) for f in fluxes]
     order = np.argsort([len(d) for d in detected], kind="stable")
     batch_size = min(batch_size, len(order))
-    chunk = _chunk_for(batch_size)
     results: list[CloneResult | None] = [None] * len(order)
     bar = tqdm(total=len(order), desc="cloning", unit="spectrum", disable=not progress)
     with bar:
@@ -512,7 +460,7 @@ def clone_many(
             filled = idx + [idx[-1]] * (batch_size - len(idx))
             length = _bucket_length(max(len(detected[i]) for i in idx) + 1)
             lines = stack_line_lists([detected[i] for i in filled], length=length)
-            tuned, losses, mse0, mse = _train(wl, fluxes[filled], lines, settings, chunk, None)
+            tuned, losses, mse0, mse = _train(wl, fluxes[filled], lines, settings, None)
             for k, i in enumerate(idx):
                 res = CloneResult(
                     _unbatch(tuned, k),

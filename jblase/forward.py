@@ -1,16 +1,22 @@
-"""Forward model: line parameters + wavelengths -> normalised flux, windowed and chunked.
+"""Forward model: line parameters + wavelengths -> normalised flux, in windows of pixels.
 
 Used by cloning (step 3) and by the generator (step 5). The model spectrum is a product of
 absorption lines, evaluated in log space::
 
     flux(lambda) = exp( sum_j ln(1 - clip(a_j V_j(lambda - mu_j), 0, 1 - 1e-9)) )
 
-where line j only touches a window of ``wing_cut`` pixels centred on the pixel nearest its
-centre (pixels of the window beyond either end of the spectrum are dropped). Each window is read
-and added back as one contiguous slice. Lines are processed ``chunk_size`` at a time inside a
-``lax.scan``, so memory stays at about ``chunk_size * wing_cut`` elements whatever the number of
-lines; masked (absent) lines are moved behind the active ones and chunks holding none are
-skipped. Parameters may carry a leading batch axis (several spectra on the same pixels).
+where line j only touches a window of ``w_j`` pixels centred on the pixel nearest its centre
+(offsets ``-(w_j // 2) ... w_j - w_j // 2 - 1``; pixels beyond either end of the spectrum are
+dropped). The paper gives every line ``wing_cut = 6000`` pixels. With ``flux_tolerance`` each
+line's window instead follows its current parameters: the smallest multiple of ``tile`` pixels
+outside which its absorption stays below 5% of the tolerance (never more than ``wing_cut``).
+
+How it is evaluated: every window is cut into tiles of ``tile`` contiguous pixels. The tiles of
+present lines (of every spectrum of a batch) are numbered one after another, and a ``lax.scan``
+evaluates ``chunk_elements / tile`` of them per step: one contiguous read of the wavelengths and
+one contiguous scatter-add per tile. Steps past the last tile are skipped, so the work follows
+the lines present and their windows, not the padded array shapes. ``max_tiles`` (static) bounds
+the tiles of one spectrum and so the number of steps.
 
 Precision: ``lambda - mu`` is formed in float64 (wavelengths near 10,000 A with 0.01 A
 structure); the profile arithmetic runs in ``compute_dtype`` (float64 by default, float32 for
@@ -30,48 +36,45 @@ from jblase.profiles import get_components
 
 __all__ = [
     "DEFAULT_FLUX_TOLERANCE",
+    "DEFAULT_TILE",
     "DEFAULT_WING_CUT",
-    "WINDOW_SIZES",
     "ln_flux",
-    "ln_flux_grouped",
     "required_half_width_aa",
     "synthesize",
     "synthesize_lines",
-    "window_groups",
+    "window_px",
 ]
 
 DEFAULT_WING_CUT = 6000
 #: Largest absorption a_j V_j kept before the log (DESIGN.md step 3).
 MAX_ABSORPTION = 1.0 - 1e-9
-#: Elements (lines x window pixels) evaluated per scan step when ``chunk_size`` is not given.
-_ELEMENTS_PER_CHUNK = 1 << 20
+#: Default flux tolerance of adaptive windows against the full ``wing_cut`` windows.
+DEFAULT_FLUX_TOLERANCE = 1e-4
+#: Share of the flux tolerance that one line's truncated wing may use at its window edge;
+#: the rest is headroom for the wings of many lines overlapping at one pixel.
+_LINE_SHARE = 0.05
+#: Pixels per tile: windows are whole tiles (adaptive windows) or masked within their last one.
+DEFAULT_TILE = 64
+#: Elements (tiles x tile pixels) evaluated per scan step when ``chunk_elements`` is not given.
+_ELEMENTS_PER_CHUNK = 1 << 18
 #: The same on GPUs/TPUs, where each scan step costs kernel launches: fewer, larger steps.
 _ELEMENTS_PER_CHUNK_ACCELERATOR = 1 << 23
-#: Gather / scatter of one contiguous window (the last axis) per line start index.
+#: Gather / scatter of one contiguous window (the last axis) per start index.
 _WINDOW_GATHER = jax.lax.GatherDimensionNumbers(
     offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,)
 )
 _WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
     update_window_dims=(1,), inserted_window_dims=(), scatter_dims_to_operand_dims=(0,)
 )
+_IN_BOUNDS = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
 
 
 def default_chunk_elements(cpu: int = _ELEMENTS_PER_CHUNK, accelerator: int | None = None) -> int:
-    """Lines x window pixels per scan step: ``cpu`` on a CPU, ``accelerator`` (default 8M)
-    on a GPU/TPU."""
+    """Window elements per scan step: ``cpu`` on a CPU, ``accelerator`` (default 8M) on a
+    GPU/TPU."""
     if jax.default_backend() == "cpu":
         return cpu
     return accelerator or _ELEMENTS_PER_CHUNK_ACCELERATOR
-
-
-def _chunking(
-    n_lines: int, wing_cut: int, chunk_size: int | None, chunk_elements: int
-) -> tuple[int, int]:
-    """(n_chunks, chunk_size) with balanced chunks covering ``n_lines``: ``chunk_size`` lines,
-    or as many as fit ``chunk_elements`` window elements."""
-    cap = chunk_size or max(1, chunk_elements // wing_cut)
-    n_chunks = max(1, -(-n_lines // cap))
-    return n_chunks, max(1, -(-n_lines // n_chunks))
 
 
 def _line_coefficients(ln_amplitude, ln_sigma, ln_gamma, weight, profile: str, dtype):
@@ -84,16 +87,93 @@ def _line_coefficients(ln_amplitude, ln_sigma, ln_gamma, weight, profile: str, d
     return tuple(c.astype(dtype) for c in (c_l, hwhm * hwhm, c_g, k_g))
 
 
-def _nearest_pixel(wavelength_aa, center):
-    """Index of the pixel nearest to each centre (ties to the lower pixel)."""
-    right = jnp.clip(jnp.searchsorted(wavelength_aa, center), 1, wavelength_aa.shape[0] - 1)
+def _half_width(c_l, h2, c_g, k_g, tolerance: float):
+    """Distance (A) beyond which a V(x) = c_l / (h2 + x^2) + c_g exp(-k_g x^2) stays below
+    ``tolerance``: each term below half of it."""
+    half_tol = 0.5 * tolerance
+    x2_l = c_l / half_tol - h2
+    x2_g = jnp.log(jnp.maximum(c_g, 1e-300) / half_tol) / k_g
+    return jnp.sqrt(jnp.maximum(jnp.maximum(x2_l, x2_g), 0.0))
+
+
+def _window_from_half_width(half_aa, pixel_step_aa, tile: int, cap):
+    """Window (pixels, whole tiles, at most ``cap``) covering +-``half_aa`` around a line."""
+    need = 2.0 * jnp.ceil(half_aa / pixel_step_aa) + 2.0
+    # Non-finite parameters get the cap (their flux is non-finite anyway).
+    need = jnp.where(jnp.isnan(need), 2.0**30, jnp.minimum(need, 2.0**30))
+    tiles = jnp.ceil(need / tile)
+    return jnp.minimum(cap, tiles.astype(jnp.int32) * tile)
+
+
+def _pixel_step(wavelength_aa, nearest):
+    """Pixel spacing (A) just below each nearest pixel (above it at the first pixel)."""
+    right = jnp.clip(nearest, 1, max(wavelength_aa.shape[0] - 1, 1))
+    return jnp.maximum(wavelength_aa[right] - wavelength_aa[right - 1], 1e-300)
+
+
+def _nearest_from_right(wavelength_aa, center, right):
     closer_left = (center - wavelength_aa[right - 1]) <= (wavelength_aa[right] - center)
     return jnp.where(closer_left, right - 1, right)
 
 
+def _nearest_pixel(wavelength_aa, center, hint=None):
+    """Index of the pixel nearest to each centre (ties to the lower pixel).
+
+    ``hint`` (int, shaped as ``center``): a pixel near each centre, e.g. that of the line's
+    identity. The search then starts there (a few comparisons per line instead of a binary
+    search over the spectrum); if any centre is not settled that way, every centre falls back
+    to the binary search, so the result never depends on the hint.
+    """
+    n = wavelength_aa.shape[0]
+    if n < 2:
+        return jnp.zeros(center.shape, jnp.int32)
+    if hint is not None:
+        h = jnp.clip(jnp.asarray(hint, jnp.int32), 0, n - 2)
+        step = wavelength_aa[h + 1] - wavelength_aa[h]
+        guess = h + jnp.round((center - wavelength_aa[h]) / step).astype(jnp.int32)
+        right = jnp.clip(guess, 1, n - 1)
+        for _ in range(2):
+            right = jnp.where(
+                wavelength_aa[right - 1] >= center,
+                right - 1,
+                jnp.where(wavelength_aa[right] < center, right + 1, right),
+            )
+            right = jnp.clip(right, 1, n - 1)
+        # right is searchsorted(left) clipped to [1, n - 1] exactly when these hold.
+        settled = ((wavelength_aa[right - 1] < center) | (right == 1)) & (
+            (center <= wavelength_aa[right]) | (right == n - 1)
+        )
+        right = jax.lax.cond(
+            jnp.all(settled),
+            lambda: right,
+            lambda: jnp.clip(jnp.searchsorted(wavelength_aa, center), 1, n - 1).astype(jnp.int32),
+        )
+    else:
+        right = jnp.clip(jnp.searchsorted(wavelength_aa, center), 1, n - 1).astype(jnp.int32)
+    return _nearest_from_right(wavelength_aa, center, right)
+
+
+def _cumsum(x):
+    # An associative scan: XLA's CPU cumsum is several times slower at these sizes.
+    return jax.lax.associative_scan(jnp.add, x)
+
+
+def default_max_tiles(n_lines: int, wing_cut: int, tile: int = DEFAULT_TILE) -> int:
+    """Tiles of one spectrum when every line has the full ``wing_cut`` window."""
+    return max(1, n_lines * -(-wing_cut // tile))
+
+
 @partial(
     jax.jit,
-    static_argnames=("wing_cut", "profile", "chunk_size", "compute_dtype", "chunk_elements"),
+    static_argnames=(
+        "wing_cut",
+        "profile",
+        "compute_dtype",
+        "flux_tolerance",
+        "max_tiles",
+        "tile",
+        "chunk_elements",
+    ),
 )
 def ln_flux(
     wavelength_aa,
@@ -102,11 +182,15 @@ def ln_flux(
     ln_sigma,
     ln_gamma,
     mask=None,
+    window_cap=None,
+    pixel_hint=None,
     *,
     wing_cut: int = DEFAULT_WING_CUT,
     profile: str = "pseudo_voigt",
-    chunk_size: int | None = None,
     compute_dtype=jnp.float64,
+    flux_tolerance: float | None = None,
+    max_tiles: int | None = None,
+    tile: int = DEFAULT_TILE,
     chunk_elements: int | None = None,
 ):
     """Natural log of the model flux, shape (n_pix,), or (n_batch, n_pix) for a batch.
@@ -116,118 +200,171 @@ def ln_flux(
         center: line centres in A, float64 (n_lines,), or (n_batch, n_lines) for a batch of
             spectra on the same pixels.
         ln_amplitude, ln_sigma, ln_gamma: ln a, ln sigma (A), ln gamma (A), shaped as ``center``.
-        mask: optional bool, shaped as ``center``; False lines contribute nothing.
-        wing_cut: window width in pixels, centred on each line.
+        mask: optional bool, shaped as ``center``; False lines contribute nothing and cost
+            nothing.
+        window_cap: optional int (broadcastable to ``center``): per-line window limit in
+            pixels (never above ``wing_cut``). Traced values are fine.
+        pixel_hint: optional int (broadcastable to ``center``): a pixel near each centre, to
+            find the nearest pixels faster (see :func:`_nearest_pixel`); the result does not
+            depend on it.
+        wing_cut: window width in pixels (every line's window when ``flux_tolerance`` is None,
+            as the paper; the largest window otherwise).
         profile: profile name (see :mod:`jblase.profiles`).
-        chunk_size: lines per scan step (default: about 1M window elements per step).
         compute_dtype: dtype of the profile arithmetic.
-        chunk_elements: lines x window elements per step, over the whole batch, when
-            ``chunk_size`` is not given (default about 1M; divide it by the batch size under
-            ``vmap``).
+        flux_tolerance: adaptive windows: each line's window is the smallest multiple of
+            ``tile`` pixels outside which its absorption stays below 5% of this (from its
+            current parameters, outside the gradient; at most ``wing_cut`` and
+            ``window_cap``). The flux then differs from the ``wing_cut`` windows by about this
+            at most, and steps by far less when a window gains or loses a tile.
+        max_tiles: static upper bound on the tiles of one spectrum (default: every line with
+            ``wing_cut`` pixels). Tiles beyond it would be dropped, so pass a true bound, e.g.
+            the sum of ``ceil(window_cap / tile)``.
+        tile: pixels per tile.
+        chunk_elements: tiles x tile pixels per scan step (default about 256k on CPU, 8M on
+            accelerators), over the whole batch.
 
-    Each spectrum's active lines are moved to the front, and chunks where no spectrum of the
-    batch has an active line are skipped. Pass a batch as a leading axis rather than through
-    ``jax.vmap``: under ``vmap`` the skip becomes a select and absent lines cost full price.
+    Jitted and differentiable in every line parameter. Pass a batch as a leading axis rather
+    than through ``jax.vmap``: under ``vmap`` the skipped steps become selects and cost full
+    price.
     """
     wavelength_aa = jnp.asarray(wavelength_aa, jnp.float64)
     center = jnp.asarray(center, jnp.float64)
     batched = center.ndim == 2
     if not batched:
         center, ln_amplitude, ln_sigma, ln_gamma = (
-            x[None] for x in (center, ln_amplitude, ln_sigma, ln_gamma)
+            jnp.asarray(x)[None] for x in (center, ln_amplitude, ln_sigma, ln_gamma)
         )
-        mask = None if mask is None else mask[None]
+        mask = None if mask is None else jnp.asarray(mask)[None]
+        window_cap = None if window_cap is None else jnp.asarray(window_cap)[None]
+        pixel_hint = None if pixel_hint is None else jnp.asarray(pixel_hint)[None]
     n_batch, n_lines = center.shape
     n_pix = wavelength_aa.shape[0]
-    if mask is None:
-        mask = jnp.ones((n_batch, n_lines), dtype=bool)
     if n_lines == 0:
         total = jnp.zeros((n_batch, n_pix), compute_dtype)
         return total if batched else total[0]
-    elements = chunk_elements or default_chunk_elements()
-    n_chunks, size = _chunking(n_lines, wing_cut, chunk_size, max(1, elements // n_batch))
-    n_pad = n_chunks * size - n_lines
+    shape = (n_batch, n_lines)
+    mask = jnp.ones(shape, bool) if mask is None else jnp.broadcast_to(mask, shape)
 
-    # Padding and masked lines get finite, harmless parameters and zero weight, so gradients
-    # through them stay finite (the "double where" pattern).
+    # Masked lines get finite, harmless parameters and zero weight, so gradients through them
+    # stay finite (the "double where" pattern).
     safe = lambda x, fill: jnp.where(mask, x, fill)  # noqa: E731
-    columns = (
-        (safe(center, wavelength_aa[0]), wavelength_aa[0]),
-        (safe(ln_amplitude, -30.0), -30.0),
-        (safe(ln_sigma, -3.0), -3.0),
-        (safe(ln_gamma, -3.0), -3.0),
-        (mask.astype(jnp.float64), 0.0),
+    mu = safe(center, wavelength_aa[0])
+    coefficients = _line_coefficients(
+        safe(ln_amplitude, -30.0),
+        safe(ln_sigma, -3.0),
+        safe(ln_gamma, -3.0),
+        mask.astype(jnp.float64),
+        profile,
+        jnp.float64,
     )
-    # Active lines first in every spectrum, so chunks where no spectrum of the batch has an
-    # active line are skipped by a real branch (lax.cond on an unbatched predicate).
-    padded_mask = jnp.concatenate([mask, jnp.zeros((n_batch, n_pad), bool)], axis=1)
-    order = jnp.argsort(~padded_mask, axis=1, stable=True)
+    mu_fixed = jax.lax.stop_gradient(mu)
+    hint = None if pixel_hint is None else jnp.broadcast_to(pixel_hint, shape)
+    nearest = _nearest_pixel(wavelength_aa, mu_fixed, hint)
 
-    def _prep(x, fill):
-        x = jnp.concatenate([x, jnp.full((n_batch, n_pad), fill, x.dtype)], axis=1)
-        x = jnp.take_along_axis(x, order, axis=1)
-        return jnp.moveaxis(x.reshape(n_batch, n_chunks, size), 1, 0)
+    cap = jnp.full(shape, wing_cut, jnp.int32)
+    if window_cap is not None:
+        cap = jnp.minimum(cap, jnp.broadcast_to(jnp.asarray(window_cap, jnp.int32), shape))
+    if flux_tolerance is None:
+        window = cap
+    else:
+        half = _half_width(
+            *(jax.lax.stop_gradient(c) for c in coefficients), flux_tolerance * _LINE_SHARE
+        )
+        window = _window_from_half_width(half, _pixel_step(wavelength_aa, nearest), tile, cap)
+    c_l, h2, c_g, k_g = (c.astype(compute_dtype) for c in coefficients)
 
-    chunks = tuple(_prep(x, fill) for x, fill in columns)
-    n_active = jnp.max(jnp.sum(mask, axis=1))
-    half = wing_cut // 2
-    window = jnp.arange(wing_cut) - half
-    # Edge values (not sentinels) in the padding keep x, and so every gradient, finite there.
+    # Number the tiles of present lines: pairs (spectrum, line) with a window are compacted to
+    # the front (in order), and cum[q] counts the tiles of the first q + 1 of them.
+    n_pairs_max = n_batch * n_lines
+    present = (mask & (window > 0)).reshape(-1)
+    position = _cumsum(present.astype(jnp.int32))
+    n_pairs = position[-1]
+    slot = jnp.where(present, position - 1, n_pairs_max)
+    compact = (
+        jnp.zeros(n_pairs_max, jnp.int32)
+        .at[slot]
+        .set(jnp.arange(n_pairs_max, dtype=jnp.int32), mode="drop")
+    )
+    flat = lambda x: x.reshape(-1)  # noqa: E731
+    window, nearest = flat(window), flat(nearest)
+    tiles_of = jnp.where(
+        jnp.arange(n_pairs_max) < n_pairs, (window[compact] + tile - 1) // tile, 0
+    ).astype(jnp.int32)
+    cum = _cumsum(tiles_of)
+    n_tiles = cum[-1]
+
+    elements = chunk_elements or default_chunk_elements()
+    per_step = max(1, elements // tile)
+    bound = n_batch * (max_tiles or default_max_tiles(n_lines, wing_cut, tile))
+    per_step = min(per_step, bound)
+    n_steps = -(-bound // per_step)
+    # A step reads per_step consecutive compacted pairs from q0 on: pad so slices stay inside.
+    pad = lambda x, v: jnp.concatenate([x, jnp.full((per_step,), v, x.dtype)])  # noqa: E731
+    cum_p = pad(cum, jnp.iinfo(jnp.int32).max)
+    tiles_p = pad(tiles_of, 0)
+    compact_p = pad(compact, 0)
+    per_pair = tuple(flat(x) for x in (mu, c_l, h2, c_g, k_g))
+    low = -(window // 2)
+
+    half_cut = wing_cut // 2
+    stride = half_cut + n_pix + (wing_cut - half_cut) + tile
+    # Edge values (not sentinels) in the padding keep x, and so every gradient, finite there;
+    # contributions that land in the padding are cut off at the end.
     padded_wl = jnp.concatenate(
         [
-            jnp.full((half,), wavelength_aa[0]),
+            jnp.full((half_cut,), wavelength_aa[0]),
             wavelength_aa,
-            jnp.full((wing_cut - half,), wavelength_aa[-1]),
+            jnp.full((stride - half_cut - n_pix,), wavelength_aa[-1]),
         ]
     )
+    in_tile = jnp.arange(tile)
+    local_index = jnp.arange(per_step, dtype=jnp.int32)
     max_abs = min(MAX_ABSORPTION, 1.0 - 2.0 * float(jnp.finfo(compute_dtype).eps))
 
-    def add_one(total, mu, ln_a, ln_s, ln_g, w):
-        """Add one spectrum's chunk of lines to its padded ln-flux (n_pix + wing_cut,)."""
-        c_l, h2, c_g, k_g = _line_coefficients(ln_a, ln_s, ln_g, w, profile, compute_dtype)
-        nearest = _nearest_pixel(wavelength_aa, jax.lax.stop_gradient(mu))
-        pixel = nearest[:, None] + window[None, :]
-        inside = (pixel >= 0) & (pixel < n_pix)
-        # Line i's window is padded_wl[nearest_i : nearest_i + wing_cut]: one contiguous
-        # slice per line, cheaper than a gather per element.
-        wl_window = jax.lax.gather(
-            padded_wl,
-            nearest[:, None],
-            _WINDOW_GATHER,
-            (wing_cut,),
-            mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    def add_tiles(total, k):
+        first_slot = k * per_step
+        q0 = jnp.searchsorted(cum, first_slot, side="right").astype(jnp.int32)
+        # Which of the pairs q0, q0 + 1, ... owns each slot of this step: mark each pair's
+        # first slot, then a running maximum.
+        cum_local = jax.lax.dynamic_slice(cum_p, (q0,), (per_step,))
+        start_local = cum_local - jax.lax.dynamic_slice(tiles_p, (q0,), (per_step,))
+        start_local = jnp.clip(start_local - first_slot, 0, per_step)
+        owner = jnp.zeros(per_step + 1, jnp.int32).at[start_local].max(local_index)
+        q = q0 + jax.lax.cummax(owner[:per_step])
+        slots = first_slot + local_index
+        j = slots - (cum_p[q] - tiles_p[q])  # tile number within its line's window
+        pair = compact_p[q]
+        offset = low[pair] + j * tile
+        n_valid = jnp.where(slots < n_tiles, jnp.minimum(tile, window[pair] - j * tile), 0)
+        # Clipping changes no slot that holds a tile; it keeps the unused ones in bounds.
+        start = jnp.clip(half_cut + nearest[pair] + offset, 0, stride - tile)
+        mu_t, c_l_t, h2_t, c_g_t, k_g_t = (x[pair][:, None] for x in per_pair)
+        wl_tile = jax.lax.gather(
+            padded_wl, start[:, None], _WINDOW_GATHER, (tile,), mode=_IN_BOUNDS
         )
-        x = (wl_window - mu[:, None]).astype(compute_dtype)
+        x = (wl_tile - mu_t).astype(compute_dtype)
         x2 = x * x
-        absorption = c_l[:, None] / (h2[:, None] + x2) + c_g[:, None] * jnp.exp(-x2 * k_g[:, None])
+        absorption = c_l_t / (h2_t + x2) + c_g_t * jnp.exp(-x2 * k_g_t)
         contrib = jnp.log1p(-jnp.clip(absorption, 0.0, max_abs))
-        contrib = jnp.where(inside, contrib, 0.0)
-        # In the padded total line i's window starts at its nearest pixel. A windowed
-        # scatter (one index per line) is several times faster on CPU than scattering every
-        # element with its own index.
+        contrib = jnp.where(in_tile[None, :] < n_valid[:, None], contrib, 0.0)
+        target = (pair // n_lines) * stride + start
         return jax.lax.scatter_add(
             total,
-            nearest[:, None],
+            target[:, None],
             contrib,
             _WINDOW_SCATTER,
             indices_are_sorted=False,
             unique_indices=False,
-            mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+            mode=_IN_BOUNDS,
         )
 
-    add_batch = jax.vmap(add_one)
-
-    def step(total, inputs):
-        k, chunk = inputs
+    def step(total, k):
         skip = lambda t: t  # noqa: E731
-        return jax.lax.cond(k * size < n_active, lambda t: add_batch(t, *chunk), skip, total), None
+        return jax.lax.cond(k * per_step < n_tiles, lambda t: add_tiles(t, k), skip, total), None
 
-    steps = (jnp.arange(n_chunks), chunks)
-    # Padded by ``half`` on the left and ``wing_cut - half`` on the right, so every window is
-    # inside the array; the padding (pixels beyond the spectrum, zero contributions) is cut off.
-    padded = jnp.zeros((n_batch, n_pix + wing_cut), compute_dtype)
-    total, _ = jax.lax.scan(jax.checkpoint(step), padded, steps)
-    total = total[:, half : half + n_pix]
+    total = jnp.zeros((n_batch * stride,), compute_dtype)
+    total, _ = jax.lax.scan(jax.checkpoint(step), total, jnp.arange(n_steps))
+    total = total.reshape(n_batch, stride)[:, half_cut : half_cut + n_pix]
     return total if batched else total[0]
 
 
@@ -241,10 +378,11 @@ def synthesize(
     *,
     wing_cut: int = DEFAULT_WING_CUT,
     profile: str = "pseudo_voigt",
-    chunk_size: int | None = None,
     compute_dtype=jnp.float64,
+    flux_tolerance: float | None = None,
+    chunk_elements: int | None = None,
 ):
-    """Model flux (normalised, in (0, 1]) on ``wavelength_aa``, shape (n_pix,).
+    """Model flux (normalised, in (0, 1]) on ``wavelength_aa``, shape (n_pix,) or batched.
 
     Arguments as :func:`ln_flux`. Jitted, differentiable in every line parameter.
     """
@@ -258,8 +396,9 @@ def synthesize(
             mask,
             wing_cut=wing_cut,
             profile=profile,
-            chunk_size=chunk_size,
             compute_dtype=compute_dtype,
+            flux_tolerance=flux_tolerance,
+            chunk_elements=chunk_elements,
         )
     )
 
@@ -278,153 +417,53 @@ def synthesize_lines(wavelength_aa, lines: LineList, **kwargs):
 
 
 # --------------------------------------------------------------------------- adaptive windows
-#: Window sizes (pixels) that lines are grouped into; the largest group uses ``wing_cut``.
-WINDOW_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-#: Default flux tolerance of adaptive windows against the full ``wing_cut`` windows.
-DEFAULT_FLUX_TOLERANCE = 1e-4
-#: Share of the flux tolerance that one line's truncated wing may use at its window edge;
-#: the rest is headroom for the wings of many lines overlapping at one pixel.
-_LINE_SHARE = 0.05
-
-
 def required_half_width_aa(ln_amplitude, ln_sigma, ln_gamma, profile: str, tolerance: float):
     """Distance (A) beyond which one line's absorption a V(x) stays below ``tolerance``.
 
-    NumPy, float64, shape (n_lines,). Lorentzian wing: c_l / (h^2 + x^2) < tol / 2; Gaussian
-    wing: c_g exp(-k x^2) < tol / 2 (both from the per-line mixture coefficients).
+    NumPy, float64, shape as the inputs. Lorentzian wing: c_l / (h^2 + x^2) < tol / 2;
+    Gaussian wing: c_g exp(-k x^2) < tol / 2 (both from the per-line mixture coefficients).
     """
-    c_l, h2, c_g, k_g = (
-        np.asarray(c, np.float64)
-        for c in _line_coefficients(
-            jnp.asarray(ln_amplitude),
-            jnp.asarray(ln_sigma),
-            jnp.asarray(ln_gamma),
-            jnp.ones(np.shape(ln_amplitude)),
-            profile,
-            jnp.float64,
-        )
+    coefficients = _line_coefficients(
+        jnp.asarray(ln_amplitude, jnp.float64),
+        jnp.asarray(ln_sigma, jnp.float64),
+        jnp.asarray(ln_gamma, jnp.float64),
+        1.0,
+        profile,
+        jnp.float64,
     )
-    half_tol = 0.5 * tolerance
-    x2_l = c_l / half_tol - h2
-    with np.errstate(divide="ignore"):
-        x2_g = np.log(np.maximum(c_g, 1e-300) / half_tol) / k_g
-    return np.sqrt(np.maximum(np.maximum(x2_l, x2_g), 0.0))
+    return np.asarray(_half_width(*coefficients, tolerance))
 
 
-def window_groups(
+def window_px(
     wavelength_aa,
     center,
     ln_amplitude,
     ln_sigma,
     ln_gamma,
-    mask=None,
     *,
     wing_cut: int = DEFAULT_WING_CUT,
     profile: str = "pseudo_voigt",
     flux_tolerance: float = DEFAULT_FLUX_TOLERANCE,
-    sizes: tuple[int, ...] = WINDOW_SIZES,
+    tile: int = DEFAULT_TILE,
     margin: float = 1.0,
-) -> tuple[tuple[int, np.ndarray], ...]:
-    """Group lines by the window (pixels) their wings need; NumPy, outside ``jit``.
+) -> np.ndarray:
+    """Adaptive window (pixels) of each line, as :func:`ln_flux` chooses it; NumPy, eager.
 
     Args:
-        center, ln_amplitude, ln_sigma, ln_gamma: line parameters, shape (..., n_lines); a
-            leading batch axis gives groups shared by the batch (each line slot gets the
-            largest window any spectrum needs for it).
-        mask: optional bool (..., n_lines); masked lines need no window.
-        flux_tolerance: target max |flux - flux(wing_cut windows)| (normalised flux).
-        sizes: candidate window widths; lines needing more than the largest get ``wing_cut``.
-        margin: factor on the required half-width (headroom for parameters that will change).
+        center, ln_amplitude, ln_sigma, ln_gamma: line parameters, any common shape.
+        flux_tolerance, tile, wing_cut: as :func:`ln_flux`.
+        margin: factor on the half-width (headroom for parameters that will change).
 
     Returns:
-        ``((window, indices), ...)`` with ``indices`` int arrays of line slots, one per
-        non-empty window size, in increasing window order.
+        int32 windows shaped as ``center``, multiples of ``tile`` up to ``wing_cut``.
     """
-    windows, choice = _window_choice(
-        wavelength_aa,
-        center,
-        ln_amplitude,
-        ln_sigma,
-        ln_gamma,
-        mask,
-        wing_cut,
-        profile,
-        flux_tolerance,
-        sizes,
-        margin,
-    )
-    choice = choice.reshape(-1, choice.shape[-1]).max(axis=0)
-    return tuple(
-        (windows[i], np.flatnonzero(choice == i))
-        for i in range(len(windows))
-        if (choice == i).any()
-    )
-
-
-def _window_choice(
-    wavelength_aa,
-    center,
-    ln_amplitude,
-    ln_sigma,
-    ln_gamma,
-    mask,
-    wing_cut,
-    profile,
-    flux_tolerance,
-    sizes,
-    margin,
-):
-    """(windows, index into windows per line (..., n_lines); -1 for masked lines)."""
     wl = np.asarray(wavelength_aa, np.float64)
-    half_aa = margin * required_half_width_aa(
+    half = margin * required_half_width_aa(
         ln_amplitude, ln_sigma, ln_gamma, profile, flux_tolerance * _LINE_SHARE
     )
-    center = np.asarray(center, np.float64)
-    nearest = np.clip(np.searchsorted(wl, center), 1, wl.size - 1)
-    step = wl[nearest] - wl[nearest - 1]
-    need = 2.0 * np.ceil(half_aa / step) + 2.0
-    windows = sorted({int(s) for s in sizes if s < wing_cut} | {int(wing_cut)})
-    choice = np.minimum(np.searchsorted(np.array(windows), need), len(windows) - 1)
-    if mask is not None:
-        choice = np.where(np.asarray(mask), choice, -1)
-    return windows, choice
-
-
-def ln_flux_grouped(
-    wavelength_aa,
-    center,
-    ln_amplitude,
-    ln_sigma,
-    ln_gamma,
-    mask,
-    groups,
-    *,
-    profile: str = "pseudo_voigt",
-    chunk_size: int | None = None,
-    compute_dtype=jnp.float64,
-    chunk_elements: int | None = None,
-):
-    """:func:`ln_flux` with each group of lines on its own window width (batch axis allowed).
-
-    ``groups`` is ``((window, indices), ...)`` from :func:`window_groups`; the windows are
-    static, the index arrays may be traced (their shapes are static). Lines outside every group
-    contribute nothing. Jit-friendly, differentiable.
-    """
-    total = 0.0
-    mask = jnp.ones(center.shape, bool) if mask is None else mask
-    for window, idx in groups:
-        idx = jnp.asarray(idx)
-        total = total + ln_flux(
-            wavelength_aa,
-            center[..., idx],
-            ln_amplitude[..., idx],
-            ln_sigma[..., idx],
-            ln_gamma[..., idx],
-            mask[..., idx],
-            wing_cut=int(window),
-            profile=profile,
-            chunk_size=chunk_size,
-            compute_dtype=compute_dtype,
-            chunk_elements=chunk_elements,
+    nearest = _nearest_pixel(jnp.asarray(wl), jnp.asarray(center, jnp.float64))
+    return np.asarray(
+        _window_from_half_width(
+            jnp.asarray(half), _pixel_step(jnp.asarray(wl), nearest), tile, wing_cut
         )
-    return total
+    )

@@ -20,10 +20,11 @@ import numpy as np
 from jblase._checks import check_wavelength
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
+    DEFAULT_TILE,
     DEFAULT_WING_CUT,
     default_chunk_elements,
-    ln_flux_grouped,
-    window_groups,
+    ln_flux,
+    window_px,
 )
 from jblase.interp import interpolate_lines
 
@@ -71,16 +72,21 @@ class Generator(eqx.Module):
         wavelength_padded: ``wavelength`` plus ``pad_lo`` / ``pad_hi`` extra pixels evaluated
             and dropped, so a restricted generator sees the wings of lines just outside its
             range exactly as the full one does.
-        wing_cut, profile, compute_dtype, chunk_size: forward-model settings (static).
+        wing_cut, profile, compute_dtype: forward-model settings (static).
         amplitude_interpolation: ``"linear"`` (default; ``values[..., 1]`` then holds a) or
             ``"log"`` (the paper's; ``values[..., 1]`` holds ln a). See
             :data:`AMPLITUDE_INTERPOLATIONS`.
-        flux_tolerance: adaptive windows: each line gets the smallest of a few static window
-            widths (at most ``wing_cut``) that its wings need, anywhere in the grid, for the
-            spectrum to stay within about this of the full ``wing_cut`` windows (normalised
-            flux). ``None``: every line gets ``wing_cut`` pixels, exactly as the paper.
-        windows, window_indices: the resulting static window widths and the line indices of
-            each group.
+        flux_tolerance: adaptive windows: at every call each line gets the window its
+            current parameters need for the spectrum to stay within about this of the full
+            ``wing_cut`` windows (normalised flux; see :func:`jblase.forward.ln_flux`). The
+            flux then steps by far less than this where a window gains or loses a tile of
+            pixels. ``None``: every line gets ``wing_cut`` pixels, exactly as the paper.
+        window_cap: int32 (n_lines,): each line's largest window (pixels), its widest need at
+            any grid node with a 20% margin on the half-width (``wing_cut`` without
+            ``flux_tolerance``).
+        max_tiles: static bound on the tiles one spectrum evaluates (the caps' sum).
+        pixel_hint: int32 (n_lines,): the pixel of ``wavelength_padded`` nearest each line's
+            identity, where the search for its centre's pixel starts.
     """
 
     identity_center: jax.Array
@@ -92,10 +98,10 @@ class Generator(eqx.Module):
     wing_cut: int = eqx.field(static=True, default=DEFAULT_WING_CUT)
     profile: str = eqx.field(static=True, default="pseudo_voigt")
     compute_dtype: str = eqx.field(static=True, default="float64")
-    chunk_size: int | None = eqx.field(static=True, default=None)
     amplitude_interpolation: str = eqx.field(static=True, default="linear")
-    window_indices: tuple[jax.Array, ...] = ()
-    windows: tuple[int, ...] = eqx.field(static=True, default=())
+    window_cap: jax.Array | None = None
+    pixel_hint: jax.Array | None = None
+    max_tiles: int = eqx.field(static=True, default=1)
     flux_tolerance: float | None = eqx.field(static=True, default=DEFAULT_FLUX_TOLERANCE)
 
     def __check_init__(self):
@@ -125,7 +131,6 @@ class Generator(eqx.Module):
         wing_cut: int = DEFAULT_WING_CUT,
         profile: str = "pseudo_voigt",
         compute_dtype: str = "float64",
-        chunk_size: int | None = None,
         amplitude_interpolation: str = "linear",
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
     ) -> Generator:
@@ -136,9 +141,7 @@ class Generator(eqx.Module):
         order = np.argsort(identity, kind="stable")
         identity = identity[order]
         values = np.array(values)[order]
-        windows, indices = _grid_window_groups(
-            wl, identity, values, int(wing_cut), profile, flux_tolerance
-        )
+        cap = _grid_window_cap(wl, identity, values, int(wing_cut), profile, flux_tolerance)
         if amplitude_interpolation == "linear":
             values[..., 1] = np.exp(values[..., 1])
         return cls(
@@ -151,10 +154,10 @@ class Generator(eqx.Module):
             wing_cut=int(wing_cut),
             profile=profile,
             compute_dtype=compute_dtype,
-            chunk_size=chunk_size,
             amplitude_interpolation=amplitude_interpolation,
-            window_indices=indices,
-            windows=windows,
+            window_cap=jnp.asarray(cap),
+            pixel_hint=jnp.asarray(_pixel_hint(wl, identity)),
+            max_tiles=_tile_bound(cap),
             flux_tolerance=flux_tolerance,
         )
 
@@ -167,7 +170,6 @@ class Generator(eqx.Module):
         wing_cut: int | None = None,
         profile: str | None = None,
         compute_dtype: str = "float64",
-        chunk_size: int | None = None,
         amplitude_interpolation: str = "linear",
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
     ) -> Generator:
@@ -182,7 +184,6 @@ class Generator(eqx.Module):
             wing_cut=wing_cut or int(settings.get("wing_cut", DEFAULT_WING_CUT)),
             profile=profile or settings.get("profile", "pseudo_voigt"),
             compute_dtype=compute_dtype,
-            chunk_size=chunk_size,
             amplitude_interpolation=amplitude_interpolation,
             flux_tolerance=flux_tolerance,
         )
@@ -212,28 +213,22 @@ class Generator(eqx.Module):
         keep = (identity >= full[lo] - 5.0) & (identity <= full[hi] + 5.0)
         start = int(np.searchsorted(full, full[lo] - 5.0))
         stop = int(np.searchsorted(full, full[hi] + 5.0, side="right")) - 1
-        new_index = np.cumsum(keep) - 1
-        windows, indices = [], []
-        for window, idx in zip(self.windows, self.window_indices, strict=True):
-            idx = np.asarray(idx)
-            idx = new_index[idx[keep[idx]]]
-            if idx.size:
-                windows.append(window)
-                indices.append(jnp.asarray(idx))
+        cap = np.asarray(self.window_cap)[keep]
+        wavelength_padded = full[start : stop + 1]
         return Generator(
             identity_center=self.identity_center[keep],
             values=self.values[keep],
             axes=self.axes,
-            wavelength_padded=jnp.asarray(full[start : stop + 1]),
+            wavelength_padded=jnp.asarray(wavelength_padded),
             pad_lo=int(first - start),
             pad_hi=int(stop - last),
             wing_cut=self.wing_cut,
             profile=self.profile,
             compute_dtype=self.compute_dtype,
-            chunk_size=self.chunk_size,
             amplitude_interpolation=self.amplitude_interpolation,
-            window_indices=tuple(indices),
-            windows=tuple(windows),
+            window_cap=jnp.asarray(cap),
+            pixel_hint=jnp.asarray(_pixel_hint(wavelength_padded, identity[keep])),
+            max_tiles=_tile_bound(cap),
             flux_tolerance=self.flux_tolerance,
         )
 
@@ -334,17 +329,20 @@ def _flux(gen: Generator, params, chunk_elements: int | None = None):
         center, ln_a, ln_s, ln_g, mask = jax.vmap(gen.line_parameters)(params)
     else:
         center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
-    lnf = ln_flux_grouped(
+    lnf = ln_flux(
         gen.wavelength_padded,
         center,
         ln_a,
         ln_s,
         ln_g,
         mask,
-        tuple(zip(gen.windows, gen.window_indices, strict=True)),
+        gen.window_cap,
+        gen.pixel_hint,
+        wing_cut=gen.wing_cut,
         profile=gen.profile,
-        chunk_size=gen.chunk_size,
         compute_dtype=jnp.dtype(gen.compute_dtype),
+        flux_tolerance=gen.flux_tolerance,
+        max_tiles=gen.max_tiles,
         chunk_elements=chunk_elements
         or default_chunk_elements(
             GENERATOR_CHUNK_ELEMENTS_CPU, GENERATOR_CHUNK_ELEMENTS_ACCELERATOR
@@ -361,36 +359,42 @@ def _generate(gen: Generator, params):
     return _flux(gen, params)
 
 
-def _grid_window_groups(wavelength, identity, values, wing_cut, profile, flux_tolerance):
-    """Static window groups for a manifold: each line's widest need at any grid node.
+def _grid_window_cap(wavelength, identity, values, wing_cut, profile, flux_tolerance):
+    """Each line's largest window (pixels): its widest need at any grid node.
 
     ``values[..., 1]`` holds ln a here. Between nodes, a and the widths interpolate between
-    node values, so the largest need over the nodes (with a 20% margin) covers the grid.
+    node values, so the largest need over the nodes (with a 20% margin on the half-width)
+    covers the grid. Without a tolerance every line gets ``wing_cut``.
     """
     n_lines = identity.shape[0]
-    if flux_tolerance is None or n_lines == 0:
-        return (int(wing_cut),), (jnp.arange(n_lines),)
+    if flux_tolerance is None:
+        return np.full(n_lines, wing_cut, np.int32)
     flat = values.reshape(n_lines, -1, 4).astype(np.float64)
     present = flat[..., 1] >= LN_AMPLITUDE_CUTOFF
-    windows: dict[int, list[np.ndarray]] = {}
+    cap = np.full(n_lines, DEFAULT_TILE, np.int32)
     for start in range(0, n_lines, 4096):
         sl = slice(start, start + 4096)
-        center = identity[sl, None] + flat[sl, :, 0]
-        groups = window_groups(
+        windows = window_px(
             wavelength,
-            center.T,
-            flat[sl, :, 1].T,
-            flat[sl, :, 2].T,
-            flat[sl, :, 3].T,
-            present[sl].T,
+            identity[sl, None] + flat[sl, :, 0],
+            np.where(present[sl], flat[sl, :, 1], -30.0),
+            flat[sl, :, 2],
+            flat[sl, :, 3],
             wing_cut=wing_cut,
             profile=profile,
             flux_tolerance=flux_tolerance,
             margin=1.2,
         )
-        for window, idx in groups:
-            windows.setdefault(window, []).append(idx + start)
-    if not windows:
-        return (int(wing_cut),), (jnp.arange(n_lines),)
-    ordered = sorted(windows)
-    return tuple(ordered), tuple(jnp.asarray(np.concatenate(windows[w])) for w in ordered)
+        cap[sl] = np.maximum(cap[sl], np.where(present[sl], windows, 0).max(axis=1))
+    return cap
+
+
+def _tile_bound(cap: np.ndarray) -> int:
+    """Tiles of one spectrum when every line uses its whole capped window."""
+    return max(1, int(np.sum(-(-np.asarray(cap, np.int64) // DEFAULT_TILE))))
+
+
+def _pixel_hint(wavelength: np.ndarray, identity: np.ndarray) -> np.ndarray:
+    """Pixel of ``wavelength`` nearest (within one) each identity: where pixel searches start."""
+    wl = np.asarray(wavelength)
+    return np.clip(np.searchsorted(wl, identity), 0, max(wl.size - 1, 0)).astype(np.int32)

@@ -45,7 +45,7 @@ def clone_grid(
         clones_dir: output directory: ``manifest.json``, ``wavelength.npy`` and one ``.npz``
             per grid point.
         settings: clone settings; must equal those of an existing ``clones_dir``.
-        batch_size: spectra cloned together under ``vmap``.
+        batch_size: spectra cloned together in one program.
         group_size: spectra loaded and normalised at a time (bounds memory).
         source: free-form description stored in the manifest (e.g. the grid path).
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jblase.forward import ln_flux, ln_flux_grouped, synthesize, synthesize_lines, window_groups
+from jblase.forward import ln_flux, synthesize, synthesize_lines, window_px
 from jblase.io import read_blase_clone
 from jblase.linelist import LineList, stack_line_lists
 from jblase.profiles import get_profile
@@ -33,11 +33,13 @@ def dense_flux(wl, center, ln_a, ln_sigma, ln_gamma, profile="pseudo_voigt"):
 
 
 @pytest.mark.parametrize("profile", ["pseudo_voigt", "blase"])
-@pytest.mark.parametrize("chunk_size", [None, 7])
-def test_equals_dense_when_windows_cover_everything(profile, chunk_size):
+@pytest.mark.parametrize("chunk_elements", [None, 7 * 64])
+def test_equals_dense_when_windows_cover_everything(profile, chunk_elements):
     wl = 8000.0 + np.cumsum(np.full(700, 0.0143))
     params = _lines(40, wl[0] - 0.5, wl[-1] + 0.5)
-    flux = synthesize(wl, *params, wing_cut=2 * wl.size, profile=profile, chunk_size=chunk_size)
+    flux = synthesize(
+        wl, *params, wing_cut=2 * wl.size, profile=profile, chunk_elements=chunk_elements
+    )
     np.testing.assert_allclose(flux, dense_flux(wl, *params, profile=profile), rtol=0, atol=1e-10)
 
 
@@ -157,7 +159,7 @@ def test_real_blase_clone_lines_sit_at_their_centres():
 
 
 def test_adaptive_windows_stay_within_tolerance_on_the_published_clone():
-    """9,028 real cloned lines: grouped windows vs 6000-pixel windows everywhere."""
+    """9,028 real cloned lines: adaptive windows vs 6000-pixel windows everywhere."""
     lines = read_blase_clone(require(BLASE_CLONE))
     center = np.asarray(lines.center)
     lo, hi = center.min() - 5.0, center.max() + 5.0
@@ -166,42 +168,91 @@ def test_adaptive_windows_stay_within_tolerance_on_the_published_clone():
         jnp.asarray(x) for x in (lines.center, lines.ln_amplitude, lines.ln_sigma, lines.ln_gamma)
     ]
     reference = np.asarray(synthesize(wl, *args, profile="blase"))
-    groups = window_groups(wl, *args, profile="blase", flux_tolerance=1e-4)
-    adaptive = np.exp(np.asarray(ln_flux_grouped(wl, *args, None, groups, profile="blase")))
-    assert np.abs(adaptive - reference).max() <= 1e-4  # measured 5.7e-5
-    work = sum(w * len(i) for w, i in groups) / (6000 * len(center))
-    assert work < 0.25  # measured 0.15 of the paper's line x pixel evaluations
-    assert sorted(np.concatenate([i for _, i in groups]).tolist()) == list(range(len(center)))
+    adaptive = np.asarray(synthesize(wl, *args, profile="blase", flux_tolerance=1e-4))
+    assert np.abs(adaptive - reference).max() <= 1e-4  # measured 7e-5
+    windows = window_px(wl, *args, profile="blase", flux_tolerance=1e-4)
+    assert windows.min() >= 64 and windows.max() <= 6000
+    assert np.all((windows % 64 == 0) | (windows == 6000))
+    work = windows.sum() / (6000 * len(center))
+    assert work < 0.15  # measured 0.07 of the paper's line x pixel evaluations
 
 
-def test_window_groups_respect_wing_cut_and_mask():
+def test_window_px_respects_wing_cut_and_grows_with_the_line():
     wl = 8000.0 + 0.01 * np.arange(5000)
-    center = np.array([8010.0, 8020.0, 8030.0])
-    groups = window_groups(
+    center = np.full(4, 8020.0)
+    windows = window_px(
         wl,
         center,
-        np.array([-8.0, 2.0, 0.0]),
-        np.log([0.01] * 3),
-        np.log([0.01, 0.5, 0.01]),
-        np.array([True, True, False]),
+        np.array([-8.0, -2.0, 0.0, 2.0]),
+        np.log([0.01] * 4),
+        np.log([0.01, 0.01, 0.01, 0.5]),
         wing_cut=3000,
     )
-    assert max(w for w, _ in groups) <= 3000
-    members = {int(j): w for w, idx in groups for j in idx}
-    assert 2 not in members  # masked lines need no window
-    assert members[1] == 3000 and members[0] < members[1]
+    assert np.all(np.diff(windows) >= 0) and windows[0] < windows[1] < 3000
+    assert windows[-1] == 3000  # capped at wing_cut, which need not be a multiple of the tile
+    assert np.all(windows[:2] % 64 == 0)
 
 
-@pytest.mark.parametrize("chunk_size", [None, 3])
-def test_batch_axis_equals_one_spectrum_at_a_time(chunk_size):
-    """A leading batch axis (each spectrum with its own mask, some chunks absent from all but
-    one spectrum, so skipped steps and taken steps mix) equals separate calls; so do grads."""
+def test_adaptive_window_is_where_the_wing_falls_below_the_line_share():
+    """One Lorentzian-dominated line: its window ends where a V = 5% of the tolerance, so the
+    flux outside differs from the full window by at most that, and inside not at all."""
+    wl = 8000.0 + 0.01 * np.arange(8000)
+    args = (np.array([wl[4000] + 0.003]), np.array([-2.0]), np.log([0.002]), np.log([0.05]))
+    full = np.asarray(ln_flux(wl, *args, wing_cut=8000))
+    tol = 1e-3
+    adaptive = np.asarray(ln_flux(wl, *args, wing_cut=8000, flux_tolerance=tol))
+    touched = np.flatnonzero(adaptive != 0.0)
+    width = touched.max() - touched.min() + 1
+    assert width == window_px(wl, *args, wing_cut=8000, flux_tolerance=tol)[0]
+    assert 64 < width < 8000
+    outside = np.ones(wl.size, bool)
+    outside[touched] = False
+    np.testing.assert_array_equal(adaptive[touched], full[touched])
+    assert np.abs(full[outside]).max() <= 0.05 * tol
+    assert np.abs(full[outside]).max() > 0.05 * tol / 4  # not wastefully wide either
+
+
+def test_pixel_hint_changes_nothing():
+    """A good hint, a poor one (several pixels off) and a wrong one (fallback) give the same
+    nearest pixels, so the same flux; also on a grid whose spacing jumps."""
+    wl = np.concatenate([8000.0 + 0.01 * np.arange(300), 8003.0 + 0.02 * np.arange(1, 300)])
+    params = _lines(25, wl[0] - 0.1, wl[-1] + 0.1, seed=4)
+    reference = np.asarray(ln_flux(wl, *params, wing_cut=101))
+    exact = np.clip(np.searchsorted(wl, params[0]), 0, wl.size - 1)
+    for hint in (exact, exact + 3, np.zeros_like(exact), np.full_like(exact, wl.size - 1)):
+        lnf = ln_flux(wl, *params, None, None, jnp.asarray(hint), wing_cut=101)
+        np.testing.assert_array_equal(np.asarray(lnf), reference)
+
+
+def test_window_cap_and_tile_bound():
+    """Per-line caps limit windows (odd caps are masked within their last tile); a true
+    ``max_tiles`` bound with several steps gives the same result as the default."""
+    wl = 8000.0 + 0.01 * np.arange(2000)
+    params = _lines(30, wl[0], wl[-1], seed=5)
+    cap = np.random.default_rng(0).integers(1, 400, 30)
+    capped = np.asarray(ln_flux(wl, *params, None, jnp.asarray(cap), wing_cut=1000))
+    expected = sum(
+        np.asarray(ln_flux(wl, *(p[i : i + 1] for p in params), wing_cut=int(cap[i])))
+        for i in range(30)
+    )
+    np.testing.assert_allclose(capped, expected, rtol=0, atol=1e-12)
+    bound = int(np.sum(-(-cap // 64)))
+    tight = ln_flux(
+        wl, *params, None, jnp.asarray(cap), wing_cut=1000, max_tiles=bound, chunk_elements=64 * 5
+    )
+    np.testing.assert_allclose(np.asarray(tight), capped, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 3 * 64])
+def test_batch_axis_equals_one_spectrum_at_a_time(chunk_elements):
+    """A leading batch axis (each spectrum with its own mask, one with no line at all, so
+    spectra share steps and steps are skipped) equals separate calls; so do grads."""
     wl = 8000.0 + 0.012 * np.arange(900)
     rng = np.random.default_rng(3)
     params = np.stack([np.stack(_lines(30, wl[0] - 0.3, wl[-1] + 0.3, seed=s)) for s in range(3)])
     params = jnp.asarray(params.transpose(1, 0, 2))  # (4 params, 3 spectra, 30 lines)
     mask = rng.uniform(size=(3, 30)) < np.array([[0.9], [0.3], [0.0]])
-    kw = dict(wing_cut=2 * wl.size + 1, chunk_size=chunk_size)
+    kw = dict(wing_cut=2 * wl.size + 1, chunk_elements=chunk_elements)
     batched = ln_flux(wl, *params, jnp.asarray(mask), **kw)
     assert batched.shape == (3, wl.size)
     for b in range(3):

@@ -43,7 +43,14 @@ def test_grid_point_reproduces_the_node_lines(mode):
         v = values[:, i, j, k].astype(np.float64)
         present = v[:, 1] > -100
         expected = synthesize(
-            wl, identity + v[:, 0], v[:, 1], v[:, 2], v[:, 3], present, wing_cut=2000
+            wl,
+            identity + v[:, 0],
+            v[:, 1],
+            v[:, 2],
+            v[:, 3],
+            present,
+            wing_cut=2000,
+            flux_tolerance=generator.flux_tolerance,
         )
         got = generator(jnp.array([AXES[0][i], AXES[1][j], AXES[2][k]]))
         # "linear" stores a = exp(ln a) in float32: a round trip of one float32 rounding
