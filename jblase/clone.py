@@ -201,7 +201,7 @@ def _train(
     wl = jnp.asarray(wavelength)
     fl = jnp.asarray(flux)
     params, fixed = _split(lines, settings.tune_centers)
-    fixed["pixel_hint"] = _nearest_pixel(wl, jnp.asarray(lines.center, jnp.float64))
+    fixed["pixel_hint"] = _nearest_pixel(wl, jnp.asarray(lines.center, jnp.float64))[0]
     caps = _WindowCaps(wavelength, lines.mask, settings)
 
     def with_caps(params):

@@ -92,7 +92,7 @@ def _half_width(c_l, h2, c_g, k_g, tolerance: float):
     ``tolerance``: each term below half of it."""
     half_tol = 0.5 * tolerance
     x2_l = c_l / half_tol - h2
-    x2_g = jnp.log(jnp.maximum(c_g, 1e-300) / half_tol) / k_g
+    x2_g = jnp.log(jnp.maximum(c_g, jnp.finfo(c_g.dtype).tiny) / half_tol) / k_g
     return jnp.sqrt(jnp.maximum(jnp.maximum(x2_l, x2_g), 0.0))
 
 
@@ -105,52 +105,51 @@ def _window_from_half_width(half_aa, pixel_step_aa, tile: int, cap):
     return jnp.minimum(cap, tiles.astype(jnp.int32) * tile)
 
 
-def _pixel_step(wavelength_aa, nearest):
-    """Pixel spacing (A) just below each nearest pixel (above it at the first pixel)."""
-    right = jnp.clip(nearest, 1, max(wavelength_aa.shape[0] - 1, 1))
-    return jnp.maximum(wavelength_aa[right] - wavelength_aa[right - 1], 1e-300)
-
-
-def _nearest_from_right(wavelength_aa, center, right):
-    closer_left = (center - wavelength_aa[right - 1]) <= (wavelength_aa[right] - center)
-    return jnp.where(closer_left, right - 1, right)
-
-
 def _nearest_pixel(wavelength_aa, center, hint=None):
-    """Index of the pixel nearest to each centre (ties to the lower pixel).
+    """Index of the pixel nearest to each centre (ties to the lower pixel), and the pixel
+    spacing (A) there; both shaped as ``center``.
 
     ``hint`` (int, shaped as ``center``): a pixel near each centre, e.g. that of the line's
-    identity. The search then starts there (a few comparisons per line instead of a binary
-    search over the spectrum); if any centre is not settled that way, every centre falls back
-    to the binary search, so the result never depends on the hint.
+    identity. The pixel is then guessed from the local spacing, moved by one if needed and
+    checked (six reads per line instead of a binary search over the spectrum); if any guess
+    fails, every centre falls back to the binary search, so the result never depends on the
+    hint.
     """
     n = wavelength_aa.shape[0]
     if n < 2:
-        return jnp.zeros(center.shape, jnp.int32)
-    if hint is not None:
+        return jnp.zeros(center.shape, jnp.int32), jnp.ones(center.shape, wavelength_aa.dtype)
+
+    def search():
+        return jnp.clip(jnp.searchsorted(wavelength_aa, center), 1, n - 1).astype(jnp.int32)
+
+    if hint is None:
+        right = search()
+    else:
         h = jnp.clip(jnp.asarray(hint, jnp.int32), 0, n - 2)
-        step = wavelength_aa[h + 1] - wavelength_aa[h]
-        guess = h + jnp.round((center - wavelength_aa[h]) / step).astype(jnp.int32)
+        low, high = wavelength_aa[h], wavelength_aa[h + 1]
+        guess = h + jnp.ceil((center - low) / (high - low)).astype(jnp.int32)
         right = jnp.clip(guess, 1, n - 1)
-        for _ in range(2):
-            right = jnp.where(
-                wavelength_aa[right - 1] >= center,
-                right - 1,
-                jnp.where(wavelength_aa[right] < center, right + 1, right),
-            )
-            right = jnp.clip(right, 1, n - 1)
+        # One step towards the centre mends guesses off by one where the spacing changes.
+        right = jnp.where(
+            wavelength_aa[right - 1] >= center,
+            right - 1,
+            jnp.where(wavelength_aa[right] < center, right + 1, right),
+        )
+        right = jnp.clip(right, 1, n - 1)
         # right is searchsorted(left) clipped to [1, n - 1] exactly when these hold.
         settled = ((wavelength_aa[right - 1] < center) | (right == 1)) & (
             (center <= wavelength_aa[right]) | (right == n - 1)
         )
-        right = jax.lax.cond(
-            jnp.all(settled),
-            lambda: right,
-            lambda: jnp.clip(jnp.searchsorted(wavelength_aa, center), 1, n - 1).astype(jnp.int32),
-        )
-    else:
-        right = jnp.clip(jnp.searchsorted(wavelength_aa, center), 1, n - 1).astype(jnp.int32)
-    return _nearest_from_right(wavelength_aa, center, right)
+        right = jax.lax.cond(jnp.all(settled), lambda: right, search)
+    below, above = wavelength_aa[right - 1], wavelength_aa[right]
+    nearest = jnp.where((center - below) <= (above - center), right - 1, right)
+    return nearest, above - below
+
+
+def _barrier(*arrays):
+    """Materialise ``arrays`` once (an optimisation barrier: no fusion across it)."""
+    out = jax.lax.optimization_barrier(arrays)
+    return out if len(arrays) > 1 else out[0]
 
 
 def _cumsum(x):
@@ -244,22 +243,26 @@ def ln_flux(
         return total if batched else total[0]
     shape = (n_batch, n_lines)
     mask = jnp.ones(shape, bool) if mask is None else jnp.broadcast_to(mask, shape)
+    # Barriers keep XLA from fusing (so recomputing) producers such as the generator's
+    # interpolation into each of their many consumers below.
+    center, ln_amplitude, ln_sigma, ln_gamma, mask = _barrier(
+        center, ln_amplitude, ln_sigma, ln_gamma, mask
+    )
 
     # Masked lines get finite, harmless parameters and zero weight, so gradients through them
     # stay finite (the "double where" pattern).
     safe = lambda x, fill: jnp.where(mask, x, fill)  # noqa: E731
     mu = safe(center, wavelength_aa[0])
-    coefficients = _line_coefficients(
-        safe(ln_amplitude, -30.0),
-        safe(ln_sigma, -3.0),
-        safe(ln_gamma, -3.0),
-        mask.astype(jnp.float64),
-        profile,
-        jnp.float64,
+    # Per-line constants in the profile's dtype: float32 transcendentals are several times
+    # cheaper on CPU, and the profile arithmetic rounds them to it anyway.
+    inputs = (safe(ln_amplitude, -30.0), safe(ln_sigma, -3.0), safe(ln_gamma, -3.0), mask)
+    c_l, h2, c_g, k_g = _line_coefficients(
+        *(x.astype(compute_dtype) for x in inputs), profile, compute_dtype
     )
     mu_fixed = jax.lax.stop_gradient(mu)
-    hint = None if pixel_hint is None else jnp.broadcast_to(pixel_hint, shape)
-    nearest = _nearest_pixel(wavelength_aa, mu_fixed, hint)
+    # Masked lines sit at the first pixel: so must their hints, or the search falls back.
+    hint = None if pixel_hint is None else jnp.where(mask, pixel_hint, 0)
+    nearest, pixel_step = _nearest_pixel(wavelength_aa, mu_fixed, hint)
 
     cap = jnp.full(shape, wing_cut, jnp.int32)
     if window_cap is not None:
@@ -267,11 +270,9 @@ def ln_flux(
     if flux_tolerance is None:
         window = cap
     else:
-        half = _half_width(
-            *(jax.lax.stop_gradient(c) for c in coefficients), flux_tolerance * _LINE_SHARE
-        )
-        window = _window_from_half_width(half, _pixel_step(wavelength_aa, nearest), tile, cap)
-    c_l, h2, c_g, k_g = (c.astype(compute_dtype) for c in coefficients)
+        coefficients = (jax.lax.stop_gradient(c) for c in (c_l, h2, c_g, k_g))
+        half = _half_width(*coefficients, flux_tolerance * _LINE_SHARE)
+        window = _window_from_half_width(half, pixel_step, tile, cap)
 
     # Number the tiles of present lines: pairs (spectrum, line) with a window are compacted to
     # the front (in order), and cum[q] counts the tiles of the first q + 1 of them.
@@ -286,11 +287,13 @@ def ln_flux(
         .set(jnp.arange(n_pairs_max, dtype=jnp.int32), mode="drop")
     )
     flat = lambda x: x.reshape(-1)  # noqa: E731
-    window, nearest = flat(window), flat(nearest)
+    window, nearest, c_l, h2, c_g, k_g = _barrier(
+        *(flat(x) for x in (window, nearest, c_l, h2, c_g, k_g))
+    )
     tiles_of = jnp.where(
         jnp.arange(n_pairs_max) < n_pairs, (window[compact] + tile - 1) // tile, 0
     ).astype(jnp.int32)
-    cum = _cumsum(tiles_of)
+    cum = _cumsum(_barrier(tiles_of))
     n_tiles = cum[-1]
 
     elements = chunk_elements or default_chunk_elements()
@@ -298,12 +301,16 @@ def ln_flux(
     bound = n_batch * (max_tiles or default_max_tiles(n_lines, wing_cut, tile))
     per_step = min(per_step, bound)
     n_steps = -(-bound // per_step)
+    if (n_steps + 1) * per_step >= 2**31:
+        raise ValueError(
+            f"{bound} tiles in one call exceed the int32 tile numbering; split the batch"
+        )
     # A step reads per_step consecutive compacted pairs from q0 on: pad so slices stay inside.
     pad = lambda x, v: jnp.concatenate([x, jnp.full((per_step,), v, x.dtype)])  # noqa: E731
     cum_p = pad(cum, jnp.iinfo(jnp.int32).max)
     tiles_p = pad(tiles_of, 0)
     compact_p = pad(compact, 0)
-    per_pair = tuple(flat(x) for x in (mu, c_l, h2, c_g, k_g))
+    per_pair = (flat(mu), c_l, h2, c_g, k_g)
     low = -(window // 2)
 
     half_cut = wing_cut // 2
@@ -322,7 +329,7 @@ def ln_flux(
     max_abs = min(MAX_ABSORPTION, 1.0 - 2.0 * float(jnp.finfo(compute_dtype).eps))
 
     def add_tiles(total, k):
-        first_slot = k * per_step
+        first_slot = k * per_step  # int32, like cum: no conversion of cum per step
         q0 = jnp.searchsorted(cum, first_slot, side="right").astype(jnp.int32)
         # Which of the pairs q0, q0 + 1, ... owns each slot of this step: mark each pair's
         # first slot, then a running maximum.
@@ -330,7 +337,7 @@ def ln_flux(
         start_local = cum_local - jax.lax.dynamic_slice(tiles_p, (q0,), (per_step,))
         start_local = jnp.clip(start_local - first_slot, 0, per_step)
         owner = jnp.zeros(per_step + 1, jnp.int32).at[start_local].max(local_index)
-        q = q0 + jax.lax.cummax(owner[:per_step])
+        q = q0 + jax.lax.associative_scan(jnp.maximum, owner[:per_step])
         slots = first_slot + local_index
         j = slots - (cum_p[q] - tiles_p[q])  # tile number within its line's window
         pair = compact_p[q]
@@ -363,7 +370,7 @@ def ln_flux(
         return jax.lax.cond(k * per_step < n_tiles, lambda t: add_tiles(t, k), skip, total), None
 
     total = jnp.zeros((n_batch * stride,), compute_dtype)
-    total, _ = jax.lax.scan(jax.checkpoint(step), total, jnp.arange(n_steps))
+    total, _ = jax.lax.scan(jax.checkpoint(step), total, jnp.arange(n_steps, dtype=jnp.int32))
     total = total.reshape(n_batch, stride)[:, half_cut : half_cut + n_pix]
     return total if batched else total[0]
 
@@ -461,9 +468,5 @@ def window_px(
     half = margin * required_half_width_aa(
         ln_amplitude, ln_sigma, ln_gamma, profile, flux_tolerance * _LINE_SHARE
     )
-    nearest = _nearest_pixel(jnp.asarray(wl), jnp.asarray(center, jnp.float64))
-    return np.asarray(
-        _window_from_half_width(
-            jnp.asarray(half), _pixel_step(jnp.asarray(wl), nearest), tile, wing_cut
-        )
-    )
+    _, pixel_step = _nearest_pixel(jnp.asarray(wl), jnp.asarray(center, jnp.float64))
+    return np.asarray(_window_from_half_width(jnp.asarray(half), pixel_step, tile, wing_cut))

@@ -26,7 +26,7 @@ from jblase.forward import (
     ln_flux,
     window_px,
 )
-from jblase.interp import interpolate_lines
+from jblase.interp import interpolate_batch
 
 __all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator", "default_batch_size"]
 
@@ -65,7 +65,7 @@ class Generator(eqx.Module):
 
     Attributes:
         identity_center: line identities in A, float64 (n_lines,).
-        values: (n_lines, n_teff, n_logg, n_feh, 4) of (centre - identity [A], ln a,
+        values: (n_teff, n_logg, n_feh, n_lines, 4) of (centre - identity [A], ln a,
             ln sigma [ln A], ln gamma [ln A]); float32 or float64.
         axes: (teff [K], logg [dex], feh [dex]) grid axes, float64, strictly increasing.
         wavelength: output wavelengths in A, float64 (n_pix,).
@@ -107,9 +107,9 @@ class Generator(eqx.Module):
     def __check_init__(self):
         n_lines = self.identity_center.shape[0]
         grid = tuple(a.shape[0] for a in self.axes)
-        if self.values.shape != (n_lines, *grid, 4):
+        if self.values.shape != (*grid, n_lines, 4):
             raise ValueError(
-                f"values has shape {self.values.shape}, expected {(n_lines, *grid, 4)}"
+                f"values has shape {self.values.shape}, expected {(*grid, n_lines, 4)}"
             )
         if self.amplitude_interpolation not in AMPLITUDE_INTERPOLATIONS:
             raise ValueError(
@@ -146,7 +146,8 @@ class Generator(eqx.Module):
             values[..., 1] = np.exp(values[..., 1])
         return cls(
             identity_center=jnp.asarray(identity),
-            values=jnp.asarray(values),
+            # Grid-major: a cell corner is one contiguous block of every line's values.
+            values=jnp.asarray(np.moveaxis(values, 0, -2)),
             axes=tuple(jnp.asarray(np.asarray(a, np.float64)) for a in axes),
             wavelength_padded=jnp.asarray(wl),
             pad_lo=0,
@@ -217,7 +218,7 @@ class Generator(eqx.Module):
         wavelength_padded = full[start : stop + 1]
         return Generator(
             identity_center=self.identity_center[keep],
-            values=self.values[keep],
+            values=self.values[..., keep, :],
             axes=self.axes,
             wavelength_padded=jnp.asarray(wavelength_padded),
             pad_lo=int(first - start),
@@ -269,18 +270,21 @@ class Generator(eqx.Module):
 
     # ----------------------------------------------------------------- evaluation
     def line_parameters(self, params):
-        """Interpolated (center [A] float64, ln a, ln sigma, ln gamma, mask), each (n_lines,)."""
+        """Interpolated (center [A] float64, ln a, ln sigma, ln gamma, mask), each (n_lines,)
+        for params (3,), or (n, n_lines) for params (n, 3)."""
         theta = jnp.asarray(params, jnp.float64)
-        v = interpolate_lines(self.values, self.axes, theta)
-        center = self.identity_center + v[:, 0].astype(jnp.float64)
+        v = interpolate_batch(self.values, self.axes, jnp.atleast_2d(theta))
+        v = v if theta.ndim == 2 else v[0]
+        center = self.identity_center + v[..., 0].astype(jnp.float64)
         if self.amplitude_interpolation == "linear":
-            amplitude = v[:, 1].astype(jnp.float64)
+            amplitude = v[..., 1].astype(jnp.float64)
             mask = amplitude >= np.exp(LN_AMPLITUDE_CUTOFF)
             ln_a = jnp.log(jnp.where(mask, amplitude, 1.0))
         else:
-            ln_a = v[:, 1].astype(jnp.float64)
+            ln_a = v[..., 1].astype(jnp.float64)
             mask = ln_a >= LN_AMPLITUDE_CUTOFF
-        return center, ln_a, v[:, 2].astype(jnp.float64), v[:, 3].astype(jnp.float64), mask
+        ln_s, ln_g = (v[..., k].astype(jnp.float64) for k in (2, 3))
+        return center, ln_a, ln_s, ln_g, mask
 
     def __call__(self, params) -> jax.Array:
         """Normalised flux (n_pix,) at ``params = (teff [K], logg [dex], feh [dex])``.
@@ -325,10 +329,7 @@ class Generator(eqx.Module):
 
 def _flux(gen: Generator, params, chunk_elements: int | None = None):
     """Flux (n_pix,) at params (3,), or (n, n_pix) at params (n, 3) as one batched program."""
-    if params.ndim == 2:
-        center, ln_a, ln_s, ln_g, mask = jax.vmap(gen.line_parameters)(params)
-    else:
-        center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
+    center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
     lnf = ln_flux(
         gen.wavelength_padded,
         center,
@@ -348,10 +349,10 @@ def _flux(gen: Generator, params, chunk_elements: int | None = None):
             GENERATOR_CHUNK_ELEMENTS_CPU, GENERATOR_CHUNK_ELEMENTS_ACCELERATOR
         ),
     )
-    flux = jnp.exp(lnf.astype(jnp.float64))
-    flux = jnp.where(jnp.isfinite(flux), flux, 1.0)
-    n = flux.shape[-1]
-    return flux[..., gen.pad_lo : n - gen.pad_hi]
+    n = lnf.shape[-1]
+    # exp in the profile's dtype (float32 is several times faster on CPU); flux is float64.
+    flux = jnp.exp(lnf[..., gen.pad_lo : n - gen.pad_hi]).astype(jnp.float64)
+    return jnp.where(jnp.isfinite(flux), flux, 1.0)
 
 
 @eqx.filter_jit

@@ -26,7 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Inexact, Int
 
-__all__ = ["MultilinearInterpolator", "interpolate", "interpolate_lines", "locate"]
+__all__ = [
+    "MultilinearInterpolator",
+    "interpolate",
+    "interpolate_batch",
+    "interpolate_lines",
+    "locate",
+]
 
 #: Relative tolerance of the eager bounds check (also absolute for axes near zero).
 BOUNDS_RTOL = 1e-9
@@ -162,6 +168,58 @@ def interpolate_lines(
             f"values must have shape (n_lines, n_1, ..., n_{len(axes)}, k), got {values.shape}"
         )
     return _multilinear(values, axes, point, lead=1)
+
+
+@jax.jit
+def interpolate_batch(
+    values: Inexact[ArrayLike, "*grid *trailing"],
+    axes: Sequence[Float[ArrayLike, " n"]],
+    points: Float[ArrayLike, "B D"],
+) -> Inexact[Array, " B *trailing"]:
+    """:func:`interpolate` at ``B`` points at once, as one gather and one matrix product.
+
+    Args:
+        values: shape ``(n_1, ..., n_D, *trailing)``, grid axes first (e.g. the generator's
+            ``(n_teff, n_logg, n_feh, n_lines, 4)``); float32 or float64 (kept).
+        axes: D strictly increasing node arrays.
+        points: shape ``(B, D)``.
+
+    Returns:
+        Shape ``(B, *trailing)``, equal to ``vmap(interpolate)`` (same extrapolation and
+        gradients). Each point reads its 2**D cell corners as whole contiguous blocks of
+        ``trailing`` values and combines them in a product, whose result XLA keeps in memory
+        instead of recomputing the interpolation inside every consumer.
+    """
+    axes = tuple(jnp.asarray(a) for a in axes)
+    values = jnp.asarray(values)
+    points = jnp.asarray(points)
+    if points.ndim != 2 or points.shape[1] != len(axes):
+        raise ValueError(f"points must have shape (B, {len(axes)}), got {points.shape}")
+    lengths = tuple(a.shape[0] for a in axes)
+    if values.shape[: len(axes)] != lengths:
+        raise ValueError(
+            f"values have grid shape {values.shape[: len(axes)]}, but the axes have lengths "
+            f"{lengths}"
+        )
+    dtype = jnp.result_type(values.dtype, 1.0)
+    trailing = values.shape[len(axes) :]
+    rows = values.astype(dtype).reshape(int(np.prod(lengths)), -1)
+    index, weight = jax.vmap(locate, in_axes=(None, 0))(axes, points)
+    t = weight.astype(dtype)
+    strides = np.cumprod((1, *lengths[:0:-1]))[::-1]
+    live = [d for d, n in enumerate(lengths) if n > 1]
+    corner_rows, corner_weights = [], []
+    for corner in itertools.product((0, 1), repeat=len(live)):
+        shift = dict(zip(live, corner, strict=True))
+        row = sum((index[:, d] + shift.get(d, 0)) * int(strides[d]) for d in range(len(axes)))
+        w = jnp.ones(points.shape[0], dtype)
+        for d, c in shift.items():
+            w = w * (t[:, d] if c else 1 - t[:, d])
+        corner_rows.append(row)
+        corner_weights.append(w)
+    block = rows[jnp.stack(corner_rows, axis=1)]  # (B, corners, prod(trailing))
+    out = jnp.einsum("bc,bcf->bf", jnp.stack(corner_weights, axis=1), block)
+    return out.reshape(points.shape[0], *trailing)
 
 
 def _is_tracer(x) -> bool:
