@@ -4,7 +4,8 @@ Interpolates every line's (centre offset, ln a, ln sigma, ln gamma) trilinearly 
 (:mod:`jblase.interp`), drops lines whose interpolated ln a < -100, synthesises the spectrum
 with the windowed forward model (:mod:`jblase.forward`) and sets non-finite pixels to 1. One
 jitted function of the parameters, differentiable and ``jax.vmap``-able; :meth:`Generator.batch`
-evaluates a batch as one program that keeps skipping absent lines (faster than ``vmap``).
+evaluates a batch on the forward model's batch axis, where every spectrum costs only its own
+present lines (under ``vmap`` absent lines cost full price).
 
 Precision: line centres are float64 (identity centre + interpolated float32/64 offset); the
 manifold values may be float32; the profile arithmetic runs in ``compute_dtype``.
@@ -34,11 +35,11 @@ __all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator", "defa
 def default_batch_size() -> int:
     """Spectra per compiled step of :meth:`Generator.batch`: 1 on CPU, 256 on GPUs/TPUs.
 
-    A step's work follows its busiest spectrum (the most lines present), so on a CPU, where a
-    step gains little from batching, 10 spectra in steps of 8 ran 1.5-2.6x slower than one at
-    a time at 20,000 lines (``benchmarks/reconstruct.py --lines 20000 --batches 10
-    --batch-size 8`` against ``reconstruct.json``); on an H100 larger batches raised
-    throughput (see GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)."""
+    A step costs each spectrum its own present lines, so on a CPU, whose cores a single
+    spectrum already keeps busy, larger steps only add memory (``python
+    benchmarks/reconstruct.py --lines 20000 --batches 60 --batch-size 60`` against the
+    default); on an H100 larger batches raised throughput (see
+    GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)."""
     return 1 if jax.default_backend() == "cpu" else 256
 
 
@@ -49,14 +50,12 @@ LN_AMPLITUDE_CUTOFF = -100.0
 #: line fades linearly to zero towards the grid points where it was not detected. Both
 #: reproduce every grid point's clone exactly.
 AMPLITUDE_INTERPOLATIONS = ("linear", "log")
-#: Lines x window pixels per forward-model step on CPU (over the whole batch). Smaller than the
-#: forward model's default: a point's present lines come first, so the last step that holds any
-#: is partly absent lines, and smaller steps waste less there (2^16 to 2^20 timed within noise
-#: of each other on a 3,000-line stand-in).
+#: Window elements (tiles x tile pixels) per forward-model step on CPU, over the whole batch.
 GENERATOR_CHUNK_ELEMENTS_CPU = 1 << 18
-#: The same on accelerators, where per-step costs dominate: at paper scale (128,723 lines,
-#: 234,544 pixels) on an H100, batches of 256 ran 264 spectra/s with 2^23 elements per step
-#: and 821 spectra/s with 2^26 (benchmarks/results/gpu_h100/throughput_*.json).
+#: The same on accelerators, where per-step costs dominate. Chosen with the previous
+#: (line-chunked) forward model: at paper scale on an H100, batches of 256 ran 264 spectra/s
+#: with 2^23 elements per step and 821 with 2^26 (benchmarks/results/gpu_h100/); the tiled
+#: model has not run on a GPU yet.
 GENERATOR_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
 
 
@@ -298,9 +297,9 @@ class Generator(eqx.Module):
         """Fluxes (n, n_pix) for ``params`` (n, 3), ``batch_size`` spectra per compiled step
         (default :func:`default_batch_size`).
 
-        Each step is one batched forward model (a leading batch axis, not ``vmap``): chunks of
-        lines absent from every spectrum of the step are skipped. The last step is padded by
-        repeating the last point, so one shape is compiled per ``batch_size``.
+        Each step is one batched forward model (a leading batch axis, not ``vmap``): only the
+        lines present in each spectrum are evaluated. The last step is padded by repeating
+        the last point, so one shape is compiled per ``batch_size``.
         """
         batch_size = batch_size or default_batch_size()
         try:

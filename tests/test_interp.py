@@ -9,7 +9,13 @@ from jax.test_util import check_grads
 from scipy.interpolate import RegularGridInterpolator
 
 import jblase  # noqa: F401  (turns on x64)
-from jblase.interp import MultilinearInterpolator, interpolate, interpolate_lines, locate
+from jblase.interp import (
+    MultilinearInterpolator,
+    interpolate,
+    interpolate_batch,
+    interpolate_lines,
+    locate,
+)
 
 TEFF = np.concatenate([np.arange(5000.0, 7000.0, 100.0), np.arange(7000.0, 8001.0, 200.0)])
 LOGG = np.array([2.0, 2.5, 3.0, 4.0, 4.5, 6.0])
@@ -199,6 +205,37 @@ def test_jit_with_module_argument(grid):
     pts = _points(rng, 10)
     out = jax.jit(lambda m, p: jax.vmap(m)(p))(interp, pts)
     np.testing.assert_array_equal(out, interp.evaluate(pts))
+
+
+def test_batch_equals_scipy_and_single_points(grid):
+    """The corner-gather form: scipy's values, vmap(interpolate)'s gradients, extrapolation
+    outside the grid, and length-one axes."""
+    _, values, rng = grid
+    pts = _points(rng, 60)
+    out = interpolate_batch(values, AXES, pts)
+    assert out.shape == (len(pts), *TRAILING)
+    np.testing.assert_allclose(out, RegularGridInterpolator(AXES, values)(pts), rtol=1e-12)
+    outside = pts[:5] + np.array([300.0, 0.7, 0.2])
+    np.testing.assert_allclose(
+        interpolate_batch(values, AXES, outside),
+        jax.vmap(lambda p: interpolate(values, AXES, p))(outside),
+        rtol=1e-12,
+    )
+
+    def loss(fn, p):
+        return jnp.sum(jnp.sin(fn(p)))
+
+    batch_grad = jax.grad(lambda p: loss(lambda q: interpolate_batch(values, AXES, q), p))
+    single_grad = jax.grad(lambda p: loss(jax.vmap(lambda q: interpolate(values, AXES, q)), p))
+    np.testing.assert_allclose(batch_grad(pts[:20]), single_grad(pts[:20]), rtol=1e-10)
+    flat = values[:, :, :1]
+    np.testing.assert_allclose(
+        interpolate_batch(flat, (TEFF, LOGG, np.array([0.0])), pts[:10]),
+        RegularGridInterpolator((TEFF, LOGG), flat[:, :, 0])(pts[:10, :2]),
+        rtol=1e-12,
+    )
+    with pytest.raises(ValueError, match="points must have shape"):
+        interpolate_batch(values, AXES, pts[0])
 
 
 def test_axis_of_length_one():
