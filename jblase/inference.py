@@ -12,11 +12,18 @@ five restarts, and a surrogate whose kernel hyperparameters are refitted from th
 every call) the surrogate costs seconds per guided call. jblase fits the kernel from one start
 (``gp_restarts=0``: the fit is redone at each call anyway, on a growing data set) and maximises
 ``acq_func="EI"`` by ``acq_optimizer="sampling"`` over ``n_points=2000`` random candidates, a
-dense cover of the 3-D box; the gradient refinement then takes care of the last digits.
+dense cover of the 3-D box; the gradient refinement then takes care of the last digits. The
+surrogate's small matrices are factorised with one BLAS thread (:data:`SURROGATE_BLAS_THREADS`).
+
+The search (random and guided phases) runs the generator with float32 profile arithmetic by
+default (``search_dtype``): about 1e-6 in flux, far below any residual a search can tell apart,
+and 2-3x faster on CPU. The refinement and every reported loss use the generator's own
+``compute_dtype``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -26,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+from threadpoolctl import threadpool_limits
 
 from jblase._checks import check_wavelength
 from jblase.generator import Generator, default_batch_size
@@ -33,6 +41,10 @@ from jblase.generator import Generator, default_batch_size
 __all__ = ["InferenceResult", "infer", "rms_loss"]
 
 PARAM_NAMES = ("teff", "logg", "feh")
+#: BLAS threads for the surrogate: its linear algebra is on ~120 x 120 matrices, where
+#: OpenBLAS's thread start-up costs more than it saves (``benchmarks/inference.py`` reports the
+#: surrogate's seconds).
+SURROGATE_BLAS_THREADS = 1
 
 
 @dataclass
@@ -41,8 +53,9 @@ class InferenceResult:
 
     Attributes:
         teff, logg, feh: final estimate (K, dex, dex): refined if refinement improved the loss.
-        loss: RMS residual (normalised flux) at the estimate.
-        gp: the GP-only estimate, ``{"teff", "logg", "feh", "loss"}``.
+        loss: RMS residual (normalised flux) at the estimate (in the generator's
+            ``compute_dtype`` when refined; otherwise from the search).
+        gp: the GP-only estimate, ``{"teff", "logg", "feh", "loss"}`` (loss from the search).
         n_evaluations: generator evaluations in the random + guided search.
         n_gradient_evaluations: loss-and-gradient evaluations in the refinement.
         seconds: wall time per phase (``random``, ``gp``, ``refine``, ``total``).
@@ -158,6 +171,7 @@ def infer(
     n_points: int = 2000,
     gp_restarts: int = 0,
     max_refine_iterations: int = 50,
+    search_dtype: str | None = "float32",
 ) -> InferenceResult:
     """Infer (Teff, log g, [Fe/H]) of a normalised spectrum.
 
@@ -178,6 +192,9 @@ def infer(
         gp_restarts: restarts of the surrogate's kernel-hyperparameter fit at every guided call
             (scikit-optimize's default is 2; each restart costs a full fit).
         max_refine_iterations: L-BFGS-B iteration cap.
+        search_dtype: profile arithmetic of the random and guided phases (``"float32"`` or
+            ``"float64"``; None: the generator's own). The refinement and the reported losses
+            always use the generator's ``compute_dtype``.
     """
     from skopt import gp_minimize
     from skopt.space import Space
@@ -190,17 +207,22 @@ def infer(
     bounds = _search_bounds(generator, teff_prior, teff_window)
     gen_wl = np.asarray(generator.wavelength)
     gen = generator.restrict(max(wl[0] - 1.0, gen_wl[0]), min(wl[-1] + 1.0, gen_wl[-1]))
+    search = gen
+    if search_dtype is not None and search_dtype != gen.compute_dtype:
+        if search_dtype not in ("float32", "float64"):
+            raise ValueError(f"search_dtype must be float32, float64 or None, got {search_dtype!r}")
+        search = dataclasses.replace(gen, compute_dtype=search_dtype)
     wl_j, fl_j, w_j = jnp.asarray(wl), jnp.asarray(fl), jnp.asarray(weight)
 
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(bounds[:, 0], bounds[:, 1], size=(n_random, 3))
     if batch_size is None:
         batch_size = default_batch_size()
-    y0 = np.asarray(_loss_batch(gen, wl_j, fl_j, w_j, jnp.asarray(x0), batch_size))
+    y0 = np.asarray(_loss_batch(search, wl_j, fl_j, w_j, jnp.asarray(x0), batch_size))
     t_random = time.perf_counter()
 
     def objective(x):
-        return float(_loss_one(gen, wl_j, fl_j, w_j, jnp.asarray(x, jnp.float64)))
+        return float(_loss_one(search, wl_j, fl_j, w_j, jnp.asarray(x, jnp.float64)))
 
     # A grid axis with one value (or a zero-width window) is held fixed: scikit-optimize
     # cannot search a zero-width dimension.
@@ -213,7 +235,10 @@ def infer(
 
     n_evaluations = n_random
     if n_guided > 0:
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            threadpool_limits(limits=SURROGATE_BLAS_THREADS, user_api="blas"),
+        ):
             warnings.filterwarnings("ignore", message="The objective has been evaluated")
             dimensions = [tuple(b) for b in bounds[free]]
             surrogate = cook_estimator(
@@ -250,11 +275,21 @@ def infer(
         span = bounds[:, 1] - bounds[:, 0]
         span = np.where(span > 0, span, 1.0)
         lo_j, span_j = jnp.asarray(bounds[:, 0]), jnp.asarray(span)
+
+        def mse_and_grad(u):
+            return _mse_and_grad_unit(gen, wl_j, fl_j, w_j, lo_j, span_j, jnp.asarray(u))
+
+        def rms_at(x):
+            """RMS loss at x in the generator's own dtype (the refinement's program)."""
+            return float(np.sqrt(mse_and_grad((x - bounds[:, 0]) / span)[0]))
+
+        if search is not gen:
+            final_y = best_y = rms_at(best_x)
         # The MSE is ~1e-5 at a good fit: scale it to ~1 so L-BFGS-B's tolerances bite.
         scale = max(best_y**2, 1e-300)
 
         def fun(u):
-            value, grad = _mse_and_grad_unit(gen, wl_j, fl_j, w_j, lo_j, span_j, jnp.asarray(u))
+            value, grad = mse_and_grad(u)
             return float(value) / scale, np.asarray(grad, dtype=np.float64) / scale
 
         opt = scipy.optimize.minimize(
@@ -267,7 +302,7 @@ def infer(
         )
         n_grad = int(opt.nfev)
         x = bounds[:, 0] + np.clip(opt.x, 0.0, 1.0) * span
-        y = objective(x)
+        y = rms_at(x)
         if y < best_y:
             final_x, final_y = x, y
     t_end = time.perf_counter()
