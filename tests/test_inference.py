@@ -43,6 +43,22 @@ def test_same_seed_same_answer(generator, star):
     assert a.params.tolist() == b.params.tolist()
 
 
+def test_float32_search_reports_float64_losses(generator, star):
+    """The default float32 search finds the same cell as a float64 one; after refinement the
+    reported loss is the float64 RMS at the reported parameters."""
+    truth, wl, flux = star
+    kw = dict(teff_prior=4800.0, n_random=40, n_guided=4, seed=2)
+    fast = infer(generator, wl, flux, **kw)
+    exact = infer(generator, wl, flux, search_dtype=None, **kw)
+    assert generator.compute_dtype == "float64"
+    assert abs(fast.gp["teff"] - exact.gp["teff"]) < 1.0
+    model = np.interp(wl, np.asarray(generator.wavelength), np.asarray(generator(fast.params)))
+    assert fast.loss == pytest.approx(np.sqrt(np.mean((model - flux) ** 2)), rel=1e-6)
+    assert abs(fast.teff - truth[0]) < 10 and abs(fast.logg - truth[1]) < 0.02
+    with pytest.raises(ValueError, match="search_dtype"):
+        infer(generator, wl, flux, search_dtype="float16", **kw)
+
+
 def test_nan_pixels_are_left_out_with_a_warning(generator, star):
     truth, wl, flux = star
     bad = flux.copy()
