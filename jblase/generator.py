@@ -35,11 +35,9 @@ __all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator", "defa
 def default_batch_size() -> int:
     """Spectra per compiled step of :meth:`Generator.batch`: 1 on CPU, 256 on GPUs/TPUs.
 
-    A step costs each spectrum its own present lines, so on a CPU, whose cores a single
-    spectrum already keeps busy, larger steps only add memory (``python
-    benchmarks/reconstruct.py --lines 20000 --batches 60 --batch-size 60`` against the
-    default); on an H100 larger batches raised throughput (see
-    GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)."""
+    A step costs each spectrum its own present lines, and on a CPU one spectrum's tiles
+    already fill the cores, so larger steps mostly add memory; on an H100 larger batches
+    raised throughput (see GENERATOR_CHUNK_ELEMENTS_ACCELERATOR)."""
     return 1 if jax.default_backend() == "cpu" else 256
 
 
