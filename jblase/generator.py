@@ -5,7 +5,7 @@ Interpolates every line's (centre offset, ln a, ln sigma, ln gamma) trilinearly 
 with the windowed forward model (:mod:`jblase.forward`) and sets non-finite pixels to 1. One
 jitted function of the parameters, differentiable and ``jax.vmap``-able; :meth:`Generator.batch`
 evaluates a batch on the forward model's batch axis, where every spectrum costs only its own
-present lines (under ``vmap`` absent lines cost full price).
+present lines (under ``vmap`` every line's capped window costs full price).
 
 Precision: line centres are float64 (identity centre + interpolated float32/64 offset); the
 manifold values may be float32; the profile arithmetic runs in ``compute_dtype``.
