@@ -105,19 +105,31 @@ def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int) 
     dtype = jnp.result_type(values.dtype, 1.0)
     values = values.astype(dtype)
     index, weight = locate(axes, point)
-    t = weight.astype(dtype)
-    live = [d for d, n in enumerate(lengths) if n > 1]  # length-1 axes have one corner, weight 1
     pre = (slice(None),) * lead
     total = None
-    for corner in itertools.product((0, 1), repeat=len(live)):
-        shift = dict(zip(live, corner, strict=True))
-        idx = tuple(index[d] + shift.get(d, 0) for d in range(len(axes)))
-        w = jnp.ones((), dtype)
-        for d, c in shift.items():
-            w = w * (t[d] if c else 1 - t[d])
+    for idx, w in _cell_corners(lengths, index, weight.astype(dtype)):
         term = w * values[pre + idx]
         total = term if total is None else total + term
     return total
+
+
+def _cell_corners(lengths, index, t):
+    """The corners of the cells holding the points: ``[(node index per axis, weight), ...]``.
+
+    ``index``, ``t``: cell index and fractional position per axis, shape (..., D) (from
+    :func:`locate`). Length-1 axes have one corner with weight 1, so there are 2**(live axes)
+    corners; each entry holds D index arrays and one weight array, shaped as ``index[..., 0]``.
+    """
+    live = [d for d, n in enumerate(lengths) if n > 1]
+    corners = []
+    for corner in itertools.product((0, 1), repeat=len(live)):
+        shift = dict(zip(live, corner, strict=True))
+        idx = tuple(index[..., d] + shift.get(d, 0) for d in range(len(lengths)))
+        w = jnp.ones(t.shape[:-1], t.dtype)
+        for d, c in shift.items():
+            w = w * (t[..., d] if c else 1 - t[..., d])
+        corners.append((idx, w))
+    return corners
 
 
 @jax.jit
@@ -205,18 +217,12 @@ def interpolate_batch(
     trailing = values.shape[len(axes) :]
     rows = values.astype(dtype).reshape(int(np.prod(lengths)), -1)
     index, weight = jax.vmap(locate, in_axes=(None, 0))(axes, points)
-    t = weight.astype(dtype)
+    corners = _cell_corners(lengths, index, weight.astype(dtype))
     strides = np.cumprod((1, *lengths[:0:-1]))[::-1]
-    live = [d for d, n in enumerate(lengths) if n > 1]
-    corner_rows, corner_weights = [], []
-    for corner in itertools.product((0, 1), repeat=len(live)):
-        shift = dict(zip(live, corner, strict=True))
-        row = sum((index[:, d] + shift.get(d, 0)) * int(strides[d]) for d in range(len(axes)))
-        w = jnp.ones(points.shape[0], dtype)
-        for d, c in shift.items():
-            w = w * (t[:, d] if c else 1 - t[:, d])
-        corner_rows.append(row)
-        corner_weights.append(w)
+    corner_rows = [
+        sum(i * int(stride) for i, stride in zip(idx, strides, strict=True)) for idx, _ in corners
+    ]
+    corner_weights = [w for _, w in corners]
     block = rows[jnp.stack(corner_rows, axis=1)]  # (B, corners, prod(trailing))
     out = jnp.einsum("bc,bcf->bf", jnp.stack(corner_weights, axis=1), block)
     return out.reshape(points.shape[0], *trailing)
