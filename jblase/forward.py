@@ -146,12 +146,6 @@ def _nearest_pixel(wavelength_aa, center, hint=None):
     return nearest, above - below
 
 
-def _barrier(*arrays):
-    """Materialise ``arrays`` once (an optimisation barrier: no fusion across it)."""
-    out = jax.lax.optimization_barrier(arrays)
-    return out if len(arrays) > 1 else out[0]
-
-
 def _cumsum(x):
     # An associative scan: XLA's CPU cumsum is several times slower at these sizes.
     return jax.lax.associative_scan(jnp.add, x)
@@ -243,11 +237,6 @@ def ln_flux(
         return total if batched else total[0]
     shape = (n_batch, n_lines)
     mask = jnp.ones(shape, bool) if mask is None else jnp.broadcast_to(mask, shape)
-    # Barriers keep XLA from fusing (so recomputing) producers such as the generator's
-    # interpolation into each of their many consumers below.
-    center, ln_amplitude, ln_sigma, ln_gamma, mask = _barrier(
-        center, ln_amplitude, ln_sigma, ln_gamma, mask
-    )
 
     # Masked lines get finite, harmless parameters and zero weight, so gradients through them
     # stay finite (the "double where" pattern).
@@ -287,13 +276,11 @@ def ln_flux(
         .set(jnp.arange(n_pairs_max, dtype=jnp.int32), mode="drop")
     )
     flat = lambda x: x.reshape(-1)  # noqa: E731
-    window, nearest, c_l, h2, c_g, k_g = _barrier(
-        *(flat(x) for x in (window, nearest, c_l, h2, c_g, k_g))
-    )
+    window, nearest, c_l, h2, c_g, k_g = (flat(x) for x in (window, nearest, c_l, h2, c_g, k_g))
     tiles_of = jnp.where(
         jnp.arange(n_pairs_max) < n_pairs, (window[compact] + tile - 1) // tile, 0
     ).astype(jnp.int32)
-    cum = _cumsum(_barrier(tiles_of))
+    cum = _cumsum(tiles_of)
     n_tiles = cum[-1]
 
     elements = chunk_elements or default_chunk_elements()
