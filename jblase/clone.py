@@ -27,11 +27,11 @@ from jblase._checks import check_spectrum
 from jblase.detect import active_region, detect_lines
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
-    DEFAULT_TILE,
     DEFAULT_WING_CUT,
     _nearest_pixel,
     default_max_tiles,
     ln_flux,
+    tile_bound,
     window_px,
 )
 from jblase.linelist import LineList, stack_line_lists
@@ -283,9 +283,8 @@ class _WindowCaps:
             margin=2.0 if self.cap is None else 1.25,
         )
         self.cap = need if self.cap is None else np.maximum(self.cap, need)
-        tiles = np.where(self.mask, -(-self.cap.astype(np.int64) // DEFAULT_TILE), 0)
         bound = min(
-            _bucket_length(int(tiles.sum(axis=-1).max())),
+            _bucket_length(tile_bound(self.cap, self.mask)),
             default_max_tiles(n_lines, settings.wing_cut),
         )
         self.bound = max(self.bound, bound)

@@ -156,6 +156,15 @@ def default_max_tiles(n_lines: int, wing_cut: int, tile: int = DEFAULT_TILE) -> 
     return max(1, n_lines * -(-wing_cut // tile))
 
 
+def tile_bound(window_cap, mask=None, tile: int = DEFAULT_TILE) -> int:
+    """A ``max_tiles`` for :func:`ln_flux`: the most tiles any one spectrum's capped windows
+    hold. NumPy, eager; ``window_cap`` (..., n_lines) pixels, ``mask`` optional, same shape."""
+    tiles = -(-np.asarray(window_cap, np.int64) // tile)
+    if mask is not None:
+        tiles = np.where(mask, tiles, 0)
+    return max(1, int(tiles.reshape(-1, tiles.shape[-1]).sum(axis=-1).max(initial=0)))
+
+
 @partial(
     jax.jit,
     static_argnames=(

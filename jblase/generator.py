@@ -23,8 +23,10 @@ from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_TILE,
     DEFAULT_WING_CUT,
+    _nearest_pixel,
     default_chunk_elements,
     ln_flux,
+    tile_bound,
     window_px,
 )
 from jblase.interp import interpolate_batch
@@ -155,7 +157,7 @@ class Generator(eqx.Module):
             amplitude_interpolation=amplitude_interpolation,
             window_cap=jnp.asarray(cap),
             pixel_hint=jnp.asarray(_pixel_hint(wl, identity)),
-            max_tiles=_tile_bound(cap),
+            max_tiles=tile_bound(cap),
             flux_tolerance=flux_tolerance,
         )
 
@@ -226,7 +228,7 @@ class Generator(eqx.Module):
             amplitude_interpolation=self.amplitude_interpolation,
             window_cap=jnp.asarray(cap),
             pixel_hint=jnp.asarray(_pixel_hint(wavelength_padded, identity[keep])),
-            max_tiles=_tile_bound(cap),
+            max_tiles=tile_bound(cap),
             flux_tolerance=self.flux_tolerance,
         )
 
@@ -387,12 +389,6 @@ def _grid_window_cap(wavelength, identity, values, wing_cut, profile, flux_toler
     return cap
 
 
-def _tile_bound(cap: np.ndarray) -> int:
-    """Tiles of one spectrum when every line uses its whole capped window."""
-    return max(1, int(np.sum(-(-np.asarray(cap, np.int64) // DEFAULT_TILE))))
-
-
-def _pixel_hint(wavelength: np.ndarray, identity: np.ndarray) -> np.ndarray:
-    """Pixel of ``wavelength`` nearest (within one) each identity: where pixel searches start."""
-    wl = np.asarray(wavelength)
-    return np.clip(np.searchsorted(wl, identity), 0, max(wl.size - 1, 0)).astype(np.int32)
+def _pixel_hint(wavelength, identity) -> jax.Array:
+    """Pixel of ``wavelength`` nearest each identity: where the searches for centres start."""
+    return _nearest_pixel(jnp.asarray(wavelength), jnp.asarray(identity, jnp.float64))[0]

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jblase.forward import ln_flux, synthesize, synthesize_lines, window_px
+from jblase.forward import ln_flux, synthesize, synthesize_lines, tile_bound, window_px
 from jblase.io import read_blase_clone
 from jblase.linelist import LineList, stack_line_lists
 from jblase.profiles import get_profile
@@ -237,6 +237,10 @@ def test_window_cap_and_tile_bound():
     )
     np.testing.assert_allclose(capped, expected, rtol=0, atol=1e-12)
     bound = int(np.sum(-(-cap // 64)))
+    assert tile_bound(cap) == bound
+    two = np.stack([cap, cap])
+    keep = np.arange(30) < 10
+    assert tile_bound(two, np.stack([keep, ~keep])) == int(np.sum(-(-cap[10:] // 64)))
     tight = ln_flux(
         wl, *params, None, jnp.asarray(cap), wing_cut=1000, max_tiles=bound, chunk_elements=64 * 5
     )
