@@ -89,12 +89,8 @@ def locate(
     return index, weight
 
 
-def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int) -> Array:
-    """Sum of the 2**D cell corners ``values[:lead, i1 + c1, ..., iD + cD]`` times their weights."""
-    axes = tuple(jnp.asarray(a) for a in axes)
-    point = jnp.asarray(point)
-    values = jnp.asarray(values)
-    _check_point(axes, point)
+def _grid_lengths(values: Array, axes: Sequence[Array], lead: int) -> tuple[int, ...]:
+    """The axes' lengths, checked against the grid axes of ``values`` (after ``lead`` axes)."""
     lengths = tuple(a.shape[0] for a in axes)
     grid_shape = values.shape[lead : lead + len(axes)]
     if grid_shape != lengths:
@@ -102,6 +98,16 @@ def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int) 
             f"values have grid shape {grid_shape} (after {lead} leading axes), "
             f"but the axes have lengths {lengths}"
         )
+    return lengths
+
+
+def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int) -> Array:
+    """Sum of the 2**D cell corners ``values[:lead, i1 + c1, ..., iD + cD]`` times their weights."""
+    axes = tuple(jnp.asarray(a) for a in axes)
+    point = jnp.asarray(point)
+    values = jnp.asarray(values)
+    _check_point(axes, point)
+    lengths = _grid_lengths(values, axes, lead)
     dtype = jnp.result_type(values.dtype, 1.0)
     values = values.astype(dtype)
     index, weight = locate(axes, point)
@@ -207,12 +213,7 @@ def interpolate_batch(
     points = jnp.asarray(points)
     if points.ndim != 2 or points.shape[1] != len(axes):
         raise ValueError(f"points must have shape (B, {len(axes)}), got {points.shape}")
-    lengths = tuple(a.shape[0] for a in axes)
-    if values.shape[: len(axes)] != lengths:
-        raise ValueError(
-            f"values have grid shape {values.shape[: len(axes)]}, but the axes have lengths "
-            f"{lengths}"
-        )
+    lengths = _grid_lengths(values, axes, lead=0)
     dtype = jnp.result_type(values.dtype, 1.0)
     trailing = values.shape[len(axes) :]
     rows = values.astype(dtype).reshape(int(np.prod(lengths)), -1)
