@@ -36,8 +36,9 @@ __all__ = [
     "voigt_exact",
 ]
 
-_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+# Python floats, not NumPy scalars: a NumPy float64 would promote float32 arithmetic to float64.
+_FWHM_PER_SIGMA = float(2.0 * np.sqrt(2.0 * np.log(2.0)))
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
 def gaussian(x, sigma):

@@ -207,7 +207,8 @@ def test_adaptive_window_is_where_the_wing_falls_below_the_line_share():
     assert 64 < width < 8000
     outside = np.ones(wl.size, bool)
     outside[touched] = False
-    np.testing.assert_array_equal(adaptive[touched], full[touched])
+    # Equal up to rounding (a pixel may take the series in one and the log1p in the other).
+    np.testing.assert_allclose(adaptive[touched], full[touched], rtol=1e-14, atol=0)
     assert np.abs(full[outside]).max() <= 0.05 * tol
     assert np.abs(full[outside]).max() > 0.05 * tol / 4  # not wastefully wide either
 
