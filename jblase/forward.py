@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_TILE",
     "DEFAULT_WING_CUT",
     "ln_flux",
+    "pad_wavelength",
     "required_half_width_aa",
     "synthesize",
     "synthesize_lines",
@@ -200,6 +201,25 @@ def _cumsum(x):
     return jax.lax.associative_scan(jnp.add, x)
 
 
+def pad_wavelength(wavelength_aa, wing_cut: int = DEFAULT_WING_CUT, tile: int = DEFAULT_TILE):
+    """The pixels :func:`ln_flux` reads windows from: ``wavelength_aa`` (float64, (n_pix,))
+    with ``wing_cut // 2`` copies of its first value before it and ``wing_cut - wing_cut // 2
+    + tile`` of its last after it, shape (n_pix + wing_cut + tile,).
+
+    Edge values (not sentinels) keep every x, and so every gradient, finite there; what lands
+    in the padding is cut off.
+    """
+    wavelength_aa = jnp.asarray(wavelength_aa, jnp.float64)
+    half_cut = wing_cut // 2
+    return jnp.concatenate(
+        [
+            jnp.full((half_cut,), wavelength_aa[0]),
+            wavelength_aa,
+            jnp.full((wing_cut - half_cut + tile,), wavelength_aa[-1]),
+        ]
+    )
+
+
 def default_max_tiles(n_lines: int, wing_cut: int, tile: int = DEFAULT_TILE) -> int:
     """Tiles of one spectrum when every line has the full ``wing_cut`` window."""
     return max(1, n_lines * -(-wing_cut // tile))
@@ -243,6 +263,7 @@ def ln_flux(
     max_tiles: int | None = None,
     tile: int = DEFAULT_TILE,
     chunk_elements: int | None = None,
+    padded_wavelength_aa=None,
 ):
     """Natural log of the model flux, shape (n_pix,), or (n_batch, n_pix) for a batch.
 
@@ -273,6 +294,8 @@ def ln_flux(
         tile: pixels per tile.
         chunk_elements: tiles x tile pixels per scan step (default about 256k on CPU, 8M on
             accelerators), over the whole batch.
+        padded_wavelength_aa: optional ``pad_wavelength(wavelength_aa, wing_cut, tile)``,
+            computed once by a caller that evaluates the same pixels many times.
 
     Jitted and differentiable in every line parameter. Pass a batch as a leading axis rather
     than through ``jax.vmap``: under ``vmap`` the skipped steps become selects and cost full
@@ -346,16 +369,16 @@ def ln_flux(
             f"{bound} tiles in one call exceed the int32 tile numbering; split the batch"
         )
     half_cut = wing_cut // 2
-    stride = half_cut + n_pix + (wing_cut - half_cut) + tile
-    # Edge values (not sentinels) in the padding keep x, and so every gradient, finite there;
-    # contributions that land in the padding are cut off at the end.
-    padded_wl = jnp.concatenate(
-        [
-            jnp.full((half_cut,), wavelength_aa[0]),
-            wavelength_aa,
-            jnp.full((stride - half_cut - n_pix,), wavelength_aa[-1]),
-        ]
-    )
+    stride = n_pix + wing_cut + tile
+    if padded_wavelength_aa is None:
+        padded_wl = pad_wavelength(wavelength_aa, wing_cut, tile)
+    else:
+        padded_wl = jnp.asarray(padded_wavelength_aa, jnp.float64)
+        if padded_wl.shape != (stride,):
+            raise ValueError(
+                f"padded_wavelength_aa has shape {padded_wl.shape}; expected ({stride},) from "
+                "pad_wavelength(wavelength_aa, wing_cut, tile)"
+            )
     per_pair = (flat(mu), c_l, h2, c_g, k_g)
     max_abs = min(MAX_ABSORPTION, 1.0 - 2.0 * float(jnp.finfo(compute_dtype).eps))
     series_order = _SERIES_ORDER[jnp.dtype(compute_dtype).itemsize >= 8]

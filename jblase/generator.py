@@ -26,6 +26,7 @@ from jblase.forward import (
     _nearest_pixel,
     default_chunk_elements,
     ln_flux,
+    pad_wavelength,
     tile_bound,
     window_px,
 )
@@ -86,6 +87,8 @@ class Generator(eqx.Module):
         max_tiles: static bound on the tiles one spectrum evaluates (the caps' sum).
         pixel_hint: int32 (n_lines,): the pixel of ``wavelength_padded`` nearest each line's
             identity, where the search for its centre's pixel starts.
+        window_wavelength: ``wavelength_padded`` as the forward model reads windows from it
+            (:func:`jblase.forward.pad_wavelength`), computed once.
     """
 
     identity_center: jax.Array
@@ -100,6 +103,7 @@ class Generator(eqx.Module):
     amplitude_interpolation: str = eqx.field(static=True, default="linear")
     window_cap: jax.Array | None = None
     pixel_hint: jax.Array | None = None
+    window_wavelength: jax.Array | None = None
     max_tiles: int = eqx.field(static=True, default=1)
     flux_tolerance: float | None = eqx.field(static=True, default=DEFAULT_FLUX_TOLERANCE)
 
@@ -158,6 +162,7 @@ class Generator(eqx.Module):
             amplitude_interpolation=amplitude_interpolation,
             window_cap=jnp.asarray(cap),
             pixel_hint=jnp.asarray(_pixel_hint(wl, identity)),
+            window_wavelength=pad_wavelength(wl, int(wing_cut)),
             max_tiles=tile_bound(cap),
             flux_tolerance=flux_tolerance,
         )
@@ -229,6 +234,7 @@ class Generator(eqx.Module):
             amplitude_interpolation=self.amplitude_interpolation,
             window_cap=jnp.asarray(cap),
             pixel_hint=jnp.asarray(_pixel_hint(wavelength_padded, identity[keep])),
+            window_wavelength=pad_wavelength(wavelength_padded, self.wing_cut),
             max_tiles=tile_bound(cap),
             flux_tolerance=self.flux_tolerance,
         )
@@ -336,6 +342,7 @@ def _flux(gen: Generator, params, chunk_elements: int | None = None):
         compute_dtype=jnp.dtype(gen.compute_dtype),
         flux_tolerance=gen.flux_tolerance,
         max_tiles=gen.max_tiles,
+        padded_wavelength_aa=gen.window_wavelength,
         chunk_elements=chunk_elements
         or default_chunk_elements(
             GENERATOR_CHUNK_ELEMENTS_CPU, GENERATOR_CHUNK_ELEMENTS_ACCELERATOR
