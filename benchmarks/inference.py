@@ -22,7 +22,7 @@ settings, which the driver copies by default; with and without the gradient refi
 code path up to the refinement).
 
 jblase's random batch runs with ``jblase.generator.default_batch_size()`` spectra per compiled
-step (1 on CPU, 256 on accelerators), for the driver and for ``infer`` alike.
+step (2 on CPU, 256 on accelerators), for the driver and for ``infer`` alike.
 
 The data: the baseline's spectrum at an off-grid truth on a stand-in manifold
 (benchmarks/_realistic_manifold.py: the shapes and sparsity of a cloned grid, NOT a clone),
@@ -466,7 +466,7 @@ def main() -> None:
         "--batch-size",
         type=int,
         help="spectra per compiled step in jblase's random batch, for the driver and infer "
-        "(default 1 on CPU, 256 otherwise)",
+        "(default 2 on CPU, 256 otherwise)",
     )
     parser.add_argument("--seed", type=int, default=0, help="stand-in manifold seed")
     parser.add_argument("--out", help="output directory (default benchmarks/results)")

@@ -13,7 +13,7 @@ sparsity of a cloned grid, NOT a clone), in one process on one machine:
 Modes, as the paper's Figure 7: serial (one spectrum per call; jblase ``generator(p)`` jitted and
 warmed up) and batch mode for n spectra (jblase ``generator.batch(params, batch_size)``; the
 baseline calls each interpolator once at all n points, then synthesises spectrum by spectrum).
-jblase's ``batch_size`` defaults to ``jblase.generator.default_batch_size()`` (1 on CPU, 256 on
+jblase's ``batch_size`` defaults to ``jblase.generator.default_batch_size()`` (2 on CPU, 256 on
 an accelerator). For large n the baseline synthesises only the first
 ``--baseline-max-spectra`` spectra and its synthesis time is scaled linearly to n (marked
 ``scaled`` in the JSON and the table). Times are medians over repeats, with min/max; memory
@@ -43,6 +43,7 @@ from _realistic_manifold import DEFAULT_AXES, describe, make_manifold
 from baseline_paper import LN_AMPLITUDE_CUTOFF, PaperBaseline, equivalent_generator
 
 from jblase import Generator
+from jblase.generator import default_batch_size
 
 #: Whether this jblase has adaptive windows (``flux_tolerance``); then a third contender runs.
 ADAPTIVE = "flux_tolerance" in inspect.signature(Generator.from_manifold).parameters
@@ -197,7 +198,7 @@ def run(args) -> dict:
         gens["jblase_adaptive_f32"] = Generator.from_manifold(
             manifold, amplitude_interpolation="log", compute_dtype="float32"
         )
-    batch_size = args.batch_size or (1 if jax.default_backend() == "cpu" else 32)
+    batch_size = args.batch_size or default_batch_size()
     serial: dict[str, dict] = {}
     serial_flux: dict[str, np.ndarray] = {}
     batch_res: dict[str, dict[int, dict]] = {name: {} for name in gens}
@@ -457,7 +458,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=float, default=500_000.0)
     parser.add_argument("--batches", type=int, nargs="+", help="batch-mode spectrum counts")
     parser.add_argument(
-        "--batch-size", type=int, help="jblase batch_size (default 1 on CPU, 256 on accelerators)"
+        "--batch-size", type=int, help="jblase batch_size (default 2 on CPU, 256 on accelerators)"
     )
     parser.add_argument("--wing-cut", type=int, default=6000)
     parser.add_argument("--repeats", type=int, default=5, help="most timed runs per measurement")

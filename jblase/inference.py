@@ -187,7 +187,7 @@ def infer(
         refine: run the gradient refinement (L-BFGS-B through the generator).
         seed: seeds the random points and gp_minimize.
         batch_size: spectra per compiled step when evaluating the random points (default
-            :func:`jblase.generator.default_batch_size`: 1 on CPU, 256 on accelerators).
+            :func:`jblase.generator.default_batch_size`: 2 on CPU, 256 on accelerators).
         acq_func, acq_optimizer, n_points: passed to ``gp_minimize`` (see module docstring).
         gp_restarts: restarts of the surrogate's kernel-hyperparameter fit at every guided call
             (scikit-optimize's default is 2; each restart costs a full fit).
