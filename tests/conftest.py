@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,6 +12,19 @@ import jblase  # noqa: F401  (turns on float64 in JAX)
 # Commands run in-process by the tests must not write a compilation cache into the home
 # directory (tests/test_cli.py checks the cache in subprocesses of its own).
 os.environ["JBLASE_NO_COMPILE_CACHE"] = "1"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every executable XLA's CPU backend keeps holds its own memory mappings; the whole suite's
+    programs together exceed Linux's default limit of 65,530 mappings per process
+    (``vm.max_map_count``), and the next compilation then crashes inside XLA.
+    """
+    yield
+    jax.clear_caches()
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHOENIX_NPZ = SHARED_DATA / "phoenix_T4100_g2.50_Z0.0_normalized.npz"
