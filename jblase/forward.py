@@ -69,8 +69,6 @@ _GAUSSIAN_FLOOR = 1e-16
 #: partly empty step costs the dearer full profile).
 _CORE_TILE_DIVISOR = 4
 _CORE_STEP_DIVISOR = 4
-#: Up to this many scan steps run as one flat scan (a smaller program); more run in blocks.
-_FLAT_SCAN_STEPS = 32
 #: Pixels per tile: windows are whole tiles (adaptive windows) or masked within their last one.
 DEFAULT_TILE = 64
 #: Elements (tiles x tile pixels) evaluated per scan step when ``chunk_elements`` is not given.
@@ -487,20 +485,14 @@ def ln_flux(
                 mode=_IN_BOUNDS,
             )
 
-        skip = lambda t: t  # noqa: E731
-
-        def step(total, k):
-            return jax.lax.cond(k * per_step < n_tiles, lambda t: add_tiles(t, k), skip, total)
-
-        if n_steps <= _FLAT_SCAN_STEPS:
-            flat_steps = jnp.arange(n_steps, dtype=jnp.int32)
-            return jax.lax.scan(jax.checkpoint(lambda t, k: (step(t, k), None)), total, flat_steps)[
-                0
-            ]
         # Steps past the last tile are skipped, but each costs a scan iteration: the steps run
         # as blocks of about sqrt(n_steps), and blocks past the last tile are skipped whole.
         block = math.isqrt(n_steps - 1) + 1
         n_blocks = -(-n_steps // block)
+        skip = lambda t: t  # noqa: E731
+
+        def step(total, k):
+            return jax.lax.cond(k * per_step < n_tiles, lambda t: add_tiles(t, k), skip, total)
 
         def run_block(total, b):
             def inner(total, i):
