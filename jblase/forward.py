@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_TILE",
     "DEFAULT_WING_CUT",
     "ln_flux",
+    "max_batch_spectra",
     "pad_wavelength",
     "required_half_width_aa",
     "synthesize",
@@ -225,6 +226,27 @@ def default_max_tiles(n_lines: int, wing_cut: int, tile: int = DEFAULT_TILE) -> 
     return max(1, n_lines * -(-wing_cut // tile))
 
 
+#: Tile numbers are int32: one call's tiles, counted in core tiles, stay below this.
+_TILE_NUMBER_LIMIT = 2**31
+
+
+def _tile_numbers_needed(n_tiles: int, tile: int, chunk_elements: int) -> int:
+    """The largest tile number one call with ``n_tiles`` (wing) tiles may form: the core
+    stream counts in core tiles, and a step may reach past the last tile."""
+    core_tile = max(1, tile // _CORE_TILE_DIVISOR)
+    return n_tiles * (tile // core_tile) + 2 * max(1, chunk_elements // core_tile)
+
+
+def max_batch_spectra(
+    max_tiles: int, tile: int = DEFAULT_TILE, chunk_elements: int | None = None
+) -> int:
+    """The most spectra one :func:`ln_flux` call takes when each has up to ``max_tiles`` tiles
+    (tile numbers are int32). Larger batches must be split (``Generator.batch`` does)."""
+    elements = chunk_elements or default_chunk_elements()
+    room = _TILE_NUMBER_LIMIT - 1 - _tile_numbers_needed(0, tile, elements)
+    return max(1, room // (max(1, max_tiles) * (tile // max(1, tile // _CORE_TILE_DIVISOR))))
+
+
 def tile_bound(window_cap, mask=None, tile: int = DEFAULT_TILE) -> int:
     """A ``max_tiles`` for :func:`ln_flux`: the most tiles any one spectrum's capped windows
     hold. NumPy, eager; ``window_cap`` (..., n_lines) pixels, ``mask`` optional, same shape."""
@@ -364,9 +386,11 @@ def ln_flux(
     elements = chunk_elements or default_chunk_elements()
     bound = n_batch * (max_tiles or default_max_tiles(n_lines, wing_cut, tile))
     # The core stream counts in core tiles, up to _CORE_TILE_DIVISOR per window tile.
-    if (bound * (tile // core_tile) + 2 * max(1, elements // core_tile)) >= 2**31:
+    if _tile_numbers_needed(bound, tile, elements) >= _TILE_NUMBER_LIMIT:
         raise ValueError(
-            f"{bound} tiles in one call exceed the int32 tile numbering; split the batch"
+            f"{bound} tiles in one call exceed the int32 tile numbering: at most "
+            f"{max_batch_spectra(bound // n_batch, tile, elements)} spectra per call here; "
+            "split the batch"
         )
     half_cut = wing_cut // 2
     stride = n_pix + wing_cut + tile

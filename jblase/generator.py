@@ -26,13 +26,20 @@ from jblase.forward import (
     _nearest_pixel,
     default_chunk_elements,
     ln_flux,
+    max_batch_spectra,
     pad_wavelength,
     tile_bound,
     window_px,
 )
 from jblase.interp import interpolate_batch
 
-__all__ = ["AMPLITUDE_INTERPOLATIONS", "LN_AMPLITUDE_CUTOFF", "Generator", "default_batch_size"]
+__all__ = [
+    "AMPLITUDE_INTERPOLATIONS",
+    "LN_AMPLITUDE_CUTOFF",
+    "Generator",
+    "default_batch_size",
+    "generator_chunk_elements",
+]
 
 
 def default_batch_size() -> int:
@@ -54,11 +61,28 @@ LN_AMPLITUDE_CUTOFF = -100.0
 AMPLITUDE_INTERPOLATIONS = ("linear", "log")
 #: Window elements (tiles x tile pixels) per forward-model step on CPU, over the whole batch.
 GENERATOR_CHUNK_ELEMENTS_CPU = 1 << 18
-#: The same on accelerators, where per-step costs dominate. Chosen with the previous
-#: (line-chunked) forward model: at paper scale on an H100, batches of 256 ran 264 spectra/s
-#: with 2^23 elements per step and 821 with 2^26 (benchmarks/results/gpu_h100/); the tiled
-#: model has not run on a GPU yet.
+#: The same on accelerators, where per-step costs dominate: at most this many over the batch,
+#: and GENERATOR_CHUNK_ELEMENTS_PER_SPECTRUM_ACCELERATOR per spectrum of the batch (a step
+#: evaluates all its elements, so a lone spectrum would otherwise pay a large batch's step).
+#: On an H100 at paper scale (``benchmarks/throughput.py --chunk-elements``,
+#: benchmarks/results/gpu_h100/): one spectrum at a time, 2^22 elements ran 254 spectra/s
+#: (float32) against 68 with 2^26; batches of 256 ran 1,507 spectra/s with 2^26 and 1,872
+#: with 2^28 (pass ``chunk_elements=1 << 28`` to ``Generator.batch`` for large batches of
+#: large manifolds; a smaller manifold's batch of 60 would pay for the unused elements).
 GENERATOR_CHUNK_ELEMENTS_ACCELERATOR = 1 << 26
+GENERATOR_CHUNK_ELEMENTS_PER_SPECTRUM_ACCELERATOR = 1 << 22
+
+
+def generator_chunk_elements(n_batch: int = 1) -> int:
+    """Window elements (tiles x tile pixels) per forward-model step for ``n_batch`` spectra
+    evaluated together, on the current backend."""
+    return default_chunk_elements(
+        GENERATOR_CHUNK_ELEMENTS_CPU,
+        min(
+            GENERATOR_CHUNK_ELEMENTS_ACCELERATOR,
+            max(1, n_batch) * GENERATOR_CHUNK_ELEMENTS_PER_SPECTRUM_ACCELERATOR,
+        ),
+    )
 
 
 class Generator(eqx.Module):
@@ -301,15 +325,21 @@ class Generator(eqx.Module):
         """
         return _generate(self, jnp.asarray(params, jnp.float64))
 
-    def batch(self, params, batch_size: int | None = None) -> jax.Array:
+    def batch(
+        self, params, batch_size: int | None = None, chunk_elements: int | None = None
+    ) -> jax.Array:
         """Fluxes (n, n_pix) for ``params`` (n, 3), ``batch_size`` spectra per compiled step
         (default :func:`default_batch_size`).
 
         Each step is one batched forward model (a leading batch axis, not ``vmap``): only the
         lines present in each spectrum are evaluated. The steps run in one ``lax.map``, the
-        last padded by repeating the last point; one program is compiled per (n, batch_size)
-        and writes the whole (n, n_pix) result (on CPU, assembling it from per-step outputs
-        cost as much as a quarter of the time at 100,000 pixels).
+        last padded by repeating the last point; one program is compiled per (n, batch_size,
+        chunk_elements) and writes the whole (n, n_pix) result (on CPU, assembling it from
+        per-step outputs cost as much as a quarter of the time at 100,000 pixels).
+        ``batch_size`` is lowered where a step's tiles would overflow the forward model's
+        int32 tile numbering (:func:`jblase.forward.max_batch_spectra`; at the paper's
+        128,723 lines, about 770 spectra). ``chunk_elements``: window elements per
+        forward-model step (default :func:`generator_chunk_elements`).
         """
         batch_size = batch_size or default_batch_size()
         try:
@@ -320,10 +350,13 @@ class Generator(eqx.Module):
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"params must be (n, 3) (teff, logg, feh), got shape {p.shape}")
         n = p.shape[0]
-        batch_size = max(1, min(batch_size, n))
+        largest = chunk_elements or generator_chunk_elements(batch_size)
+        batch_size = max(
+            1, min(batch_size, n, max_batch_spectra(self.max_tiles, DEFAULT_TILE, largest))
+        )
         n_steps = -(-n // batch_size)
         p = xp.concatenate([p, xp.repeat(p[-1:], n_steps * batch_size - n, axis=0)])
-        return _generate_steps(self, p.reshape(n_steps, batch_size, 3), n)
+        return _generate_steps(self, p.reshape(n_steps, batch_size, 3), n, chunk_elements)
 
 
 def _flux(gen: Generator, params, chunk_elements: int | None = None):
@@ -345,9 +378,7 @@ def _flux(gen: Generator, params, chunk_elements: int | None = None):
         max_tiles=gen.max_tiles,
         padded_wavelength_aa=gen.window_wavelength,
         chunk_elements=chunk_elements
-        or default_chunk_elements(
-            GENERATOR_CHUNK_ELEMENTS_CPU, GENERATOR_CHUNK_ELEMENTS_ACCELERATOR
-        ),
+        or generator_chunk_elements(center.shape[0] if center.ndim == 2 else 1),
     )
     n = lnf.shape[-1]
     # exp in the profile's dtype (float32 is several times faster on CPU); flux is float64.
@@ -361,9 +392,9 @@ def _generate(gen: Generator, params):
 
 
 @eqx.filter_jit
-def _generate_steps(gen: Generator, steps, n: int):
+def _generate_steps(gen: Generator, steps, n: int, chunk_elements: int | None = None):
     """Fluxes (n, n_pix) for steps (n_steps, batch_size, 3), one step at a time."""
-    fluxes = jax.lax.map(lambda q: _flux(gen, q), steps)
+    fluxes = jax.lax.map(lambda q: _flux(gen, q, chunk_elements), steps)
     return fluxes.reshape(-1, fluxes.shape[-1])[:n]
 
 

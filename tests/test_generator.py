@@ -3,8 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jblase.forward import synthesize
-from jblase.generator import Generator
+import jblase.forward as forward
+import jblase.generator as generator_module
+from jblase.forward import DEFAULT_TILE, synthesize
+from jblase.generator import Generator, generator_chunk_elements
 
 AXES = (np.array([4000.0, 4500.0, 5000.0, 6000.0]), np.array([4.0, 4.5]), np.array([-0.5, 0.0]))
 
@@ -113,6 +115,40 @@ def test_vmap_and_batch_equal_single_calls(generator):
     np.testing.assert_allclose(in_jit, single, rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match="params must be"):
         generator.batch(thetas[:, :2])
+
+
+def test_batch_splits_steps_that_would_overflow_the_tile_numbers(generator, monkeypatch):
+    """Where a step's tiles would overflow the forward model's int32 tile numbering (here a
+    lowered limit: two spectra per step), batch() takes smaller steps with the same fluxes;
+    the forward model alone refuses the large batch with the number it can take."""
+    rng = np.random.default_rng(11)
+    thetas = np.c_[rng.uniform(4000, 6000, 5), rng.uniform(4.0, 4.5, 5), rng.uniform(-0.5, 0, 5)]
+    single = np.stack([generator(t) for t in thetas])
+    elements = generator_chunk_elements(5)
+    per_spectrum = generator.max_tiles * (DEFAULT_TILE // (DEFAULT_TILE // 4))
+    limit = 2 * per_spectrum + forward._tile_numbers_needed(0, DEFAULT_TILE, elements) + 1
+    monkeypatch.setattr(forward, "_TILE_NUMBER_LIMIT", limit)
+    assert forward.max_batch_spectra(generator.max_tiles, chunk_elements=elements) == 2
+    np.testing.assert_allclose(generator.batch(thetas, batch_size=5), single, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="at most 2 spectra per call"):
+        generator_module._flux(generator, jnp.asarray(thetas))
+
+
+def test_chunk_elements_per_step(generator, monkeypatch):
+    """Small steps (many scan steps) give the same fluxes; on an accelerator the default step
+    grows with the batch up to its cap (a lone spectrum would otherwise pay a large batch's
+    step)."""
+    thetas = np.array([[4300.0, 4.1, -0.3], [5700.0, 4.4, -0.1], [5100.0, 4.2, -0.4]])
+    single = np.stack([generator(t) for t in thetas])
+    many_steps = generator.batch(thetas, batch_size=2, chunk_elements=16 * DEFAULT_TILE)
+    np.testing.assert_allclose(many_steps, single, rtol=0, atol=1e-12)
+    assert generator_chunk_elements(1) == generator_module.GENERATOR_CHUNK_ELEMENTS_CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    per = generator_module.GENERATOR_CHUNK_ELEMENTS_PER_SPECTRUM_ACCELERATOR
+    cap = generator_module.GENERATOR_CHUNK_ELEMENTS_ACCELERATOR
+    assert generator_chunk_elements(1) == per
+    assert generator_chunk_elements(4) == min(4 * per, cap)
+    assert generator_chunk_elements(100_000) == cap
 
 
 def test_gradient_matches_finite_differences():
