@@ -13,6 +13,9 @@ manifold values may be float32; the profile arithmetic runs in ``compute_dtype``
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -40,6 +43,29 @@ __all__ = [
     "default_batch_size",
     "generator_chunk_elements",
 ]
+
+
+#: Threads for :meth:`Generator.batch` on CPU outside ``jit`` (None: every core this process
+#: may use). XLA's CPU runtime runs one such program on about one core.
+BATCH_CPU_THREADS: int | None = None
+
+
+def _cpu_threads() -> int:
+    if BATCH_CPU_THREADS is not None:
+        return max(1, BATCH_CPU_THREADS)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _aligned_empty(shape: tuple[int, ...], alignment: int = 64) -> np.ndarray:
+    """An uninitialised float64 array whose data start on an ``alignment``-byte boundary (so
+    ``jax.device_put`` on CPU can use it without a copy)."""
+    size = int(np.prod(shape))
+    raw = np.empty(size + alignment // 8, np.float64)
+    start = (-raw.ctypes.data % alignment) // 8
+    return raw[start : start + size].reshape(shape)
 
 
 def default_batch_size() -> int:
@@ -340,6 +366,13 @@ class Generator(eqx.Module):
         int32 tile numbering (:func:`jblase.forward.max_batch_spectra`; at the paper's
         128,723 lines, about 770 spectra). ``chunk_elements``: window elements per
         forward-model step (default :func:`generator_chunk_elements`).
+
+
+        On CPU, outside ``jit``, the steps are shared among threads (one per core,
+        ``BATCH_CPU_THREADS``), each running one compiled program on its share and copying it
+        into one host array that becomes the result without a further copy (peak memory about
+        twice the result's). On 2 cores, 60 spectra of 20,000 lines x 103,067 pixels took 1.3-1.6
+        ms each against 1.65-2.8 ms as one program (an interleaved comparison).
         """
         batch_size = batch_size or default_batch_size()
         try:
@@ -355,8 +388,31 @@ class Generator(eqx.Module):
             1, min(batch_size, n, max_batch_spectra(self.max_tiles, DEFAULT_TILE, largest))
         )
         n_steps = -(-n // batch_size)
-        p = xp.concatenate([p, xp.repeat(p[-1:], n_steps * batch_size - n, axis=0)])
-        return _generate_steps(self, p.reshape(n_steps, batch_size, 3), n, chunk_elements)
+        threads = 1
+        if xp is np and jax.default_backend() == "cpu":
+            threads = min(_cpu_threads(), n_steps)
+        steps_per_thread = -(-n_steps // threads)
+        p = xp.concatenate([p, xp.repeat(p[-1:], threads * steps_per_thread * batch_size - n, 0)])
+        if threads == 1:
+            return _generate_steps(self, p.reshape(n_steps, batch_size, 3), n, chunk_elements)
+        groups = p.reshape(threads, steps_per_thread, batch_size, 3)
+        return self._batch_threads(groups, n, chunk_elements)
+
+    def _batch_threads(self, groups: np.ndarray, n: int, chunk_elements: int | None) -> jax.Array:
+        """Fluxes (n, n_pix) for groups (threads, steps, batch_size, 3), one thread per group
+        (the last ones may hold padding only)."""
+        per_group = groups.shape[1] * groups.shape[2]
+        out = _aligned_empty((n, self.wavelength.shape[0]))
+
+        def run(i: int) -> None:
+            lo = i * per_group
+            if lo < n:
+                fluxes = _generate_steps(self, groups[i], per_group, chunk_elements)
+                out[lo : lo + per_group] = np.asarray(fluxes)[: n - lo]
+
+        with ThreadPoolExecutor(groups.shape[0]) as pool:
+            list(pool.map(run, range(groups.shape[0])))
+        return jax.device_put(out)
 
 
 def _flux(gen: Generator, params, chunk_elements: int | None = None):

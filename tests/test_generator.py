@@ -134,6 +134,20 @@ def test_batch_splits_steps_that_would_overflow_the_tile_numbers(generator, monk
         generator_module._flux(generator, jnp.asarray(thetas))
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batch_threads_equal_single_calls(generator, monkeypatch, threads):
+    """On CPU, batch() shares its steps among threads: 7 spectra in steps of 2 over 3 threads
+    leave the second thread a padded step and the third padding only; the fluxes equal
+    one-at-a-time calls either way."""
+    monkeypatch.setattr(generator_module, "BATCH_CPU_THREADS", threads)
+    rng = np.random.default_rng(5)
+    thetas = np.c_[rng.uniform(4000, 6000, 7), rng.uniform(4.0, 4.5, 7), rng.uniform(-0.5, 0, 7)]
+    single = np.stack([generator(t) for t in thetas])
+    out = generator.batch(thetas, batch_size=2)
+    assert isinstance(out, jax.Array) and out.shape == single.shape
+    np.testing.assert_allclose(out, single, rtol=0, atol=1e-13)
+
+
 def test_chunk_elements_per_step(generator, monkeypatch):
     """Small steps (many scan steps) give the same fluxes; on an accelerator the default step
     grows with the batch up to its cap (a lone spectrum would otherwise pay a large batch's
