@@ -42,6 +42,7 @@ from _common import peak_rss_mb, print_table, timeit, write_results
 from _realistic_manifold import DEFAULT_AXES, describe, make_manifold
 from baseline_paper import LN_AMPLITUDE_CUTOFF, PaperBaseline, equivalent_generator
 
+import jblase.generator
 from jblase import Generator
 from jblase.generator import default_batch_size
 
@@ -50,6 +51,8 @@ ADAPTIVE = "flux_tolerance" in inspect.signature(Generator.from_manifold).parame
 
 #: Largest max |flux difference| from the baseline that counts as equal output (issue 4).
 EQUAL_OUTPUT = 1e-4
+#: Batch mode is also timed with Generator.batch's CPU threads off for this contender.
+ONE_THREAD_CONTENDER = "jblase_adaptive_f32"
 #: The paper's reconstruction times (CPU, AMD EPYC 7513), quoted, not rerun.
 PAPER_SECONDS_SERIAL = 15.0
 PAPER_SECONDS_BATCH30 = 1.0
@@ -199,6 +202,7 @@ def run(args) -> dict:
             manifold, amplitude_interpolation="log", compute_dtype="float32"
         )
     batch_size = args.batch_size or default_batch_size()
+    cpu_threads = jblase.generator._cpu_threads() if jax.default_backend() == "cpu" else 1
     serial: dict[str, dict] = {}
     serial_flux: dict[str, np.ndarray] = {}
     batch_res: dict[str, dict[int, dict]] = {name: {} for name in gens}
@@ -239,6 +243,16 @@ def run(args) -> dict:
                 **memory.stop(f"{name}_batch{n}", rss),
             }
             _log(f"{name} batch n={n}: {statistics.median(times) / n:.3g} s/spectrum ({reps} runs)")
+            if name == ONE_THREAD_CONTENDER and cpu_threads > 1:
+                # The same batches with Generator.batch's CPU threads off (one program).
+                jblase.generator.BATCH_CPU_THREADS = 1
+                try:
+                    call()
+                    one = [timeit(call, 1, 0)["median"] for _ in range(reps)]
+                finally:
+                    jblase.generator.BATCH_CPU_THREADS = None
+                batch_res[name][n]["per_spectrum_s_one_thread"] = _spread(one, n)
+                _log(f"{name} batch n={n}, one thread: {statistics.median(one) / n:.3g} s/spectrum")
 
     # ---- baseline
     rss = memory.start()
@@ -364,6 +378,9 @@ def run(args) -> dict:
             row[f"diff_{name}"] = maxdiff(
                 batch_flux[name][n][: b["spectra_synthesised"]], base_batch_flux[n]
             )
+            if one := batch_res[name][n].get("per_spectrum_s_one_thread"):
+                row[f"{name}_one_thread_s"] = one["median"]
+                row[f"speedup_{name}_one_thread"] = row["baseline_s"] / one["median"]
         rows.append(row)
 
     def speedup_at(n, name="jblase_f64"):
@@ -382,6 +399,11 @@ def run(args) -> dict:
         "speedup_single_best": best and rows[0][f"speedup_{best}"],
         "speedup_batch60_best": best_batch.get(60),
         "speedup_batch_best": {str(n): v for n, v in best_batch.items()},
+        "speedup_batch60_one_thread": next(
+            (r.get(f"speedup_{ONE_THREAD_CONTENDER}_one_thread") for r in rows if r["n"] == 60),
+            None,
+        ),
+        "cpu_threads": cpu_threads,
         "speedup_single": rows[0]["speedup_jblase_f64"],
         "speedup_single_float32": rows[0]["speedup_jblase_f32"],
         "speedup_single_adaptive": rows[0].get("speedup_jblase_adaptive"),
@@ -503,6 +525,11 @@ def main() -> None:
     names = list(payload["settings"]["contenders"])
     columns = ["mode", "n", "baseline_s", *(f"{k}_s" for k in names)]
     columns += [f"speedup_{k}" for k in names] + [f"diff_{k}" for k in names]
+    if any(f"{ONE_THREAD_CONTENDER}_one_thread_s" in r for r in rows):
+        columns += [
+            f"{ONE_THREAD_CONTENDER}_one_thread_s",
+            f"speedup_{ONE_THREAD_CONTENDER}_one_thread",
+        ]
     print_table(rows, [*columns, "baseline_scaled"])
     print(
         "jblase_f64 / jblase_f32: the paper's work (log interpolation, full wing-cut windows), "
@@ -512,6 +539,11 @@ def main() -> None:
         print(
             "jblase_adaptive / _f32: jblase's default adaptive windows (less work), profile "
             "arithmetic in float64 / float32"
+        )
+    if (threads := payload["summary"]["cpu_threads"]) > 1:
+        print(
+            f"jblase's batch mode on CPU shares its steps among {threads} threads (the baseline "
+            f"runs on one); {ONE_THREAD_CONTENDER}_one_thread: the same with one thread"
         )
     if s0 := payload["summary"]["fastest_equal_output"]:
         print(

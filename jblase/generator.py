@@ -48,6 +48,9 @@ __all__ = [
 #: Threads for :meth:`Generator.batch` on CPU outside ``jit`` (None: every core this process
 #: may use). XLA's CPU runtime runs one such program on about one core.
 BATCH_CPU_THREADS: int | None = None
+#: A thread is used only for this many steps or more: threads cost about 2 ms per call on
+#: 2 cores (at 3,000 lines x 30,100 pixels, 4 and 10 spectra ran slower threaded, 60 faster).
+BATCH_CPU_MIN_STEPS_PER_THREAD = 4
 
 
 def _cpu_threads() -> int:
@@ -369,10 +372,11 @@ class Generator(eqx.Module):
 
 
         On CPU, outside ``jit``, the steps are shared among threads (one per core,
-        ``BATCH_CPU_THREADS``), each running one compiled program on its share and copying it
-        into one host array that becomes the result without a further copy (peak memory about
-        twice the result's). On 2 cores, 60 spectra of 20,000 lines x 103,067 pixels took 1.3-1.6
-        ms each against 1.65-2.8 ms as one program (an interleaved comparison).
+        ``BATCH_CPU_THREADS``, each with ``BATCH_CPU_MIN_STEPS_PER_THREAD`` steps or more),
+        each running one compiled program on its share and copying it into one host array
+        that becomes the result without a further copy (peak memory about twice the
+        result's). On 2 cores, 60 spectra of 20,000 lines x 103,067 pixels took 1.3-1.6 ms
+        each against 1.65-2.8 ms as one program (an interleaved comparison).
         """
         batch_size = batch_size or default_batch_size()
         try:
@@ -390,7 +394,7 @@ class Generator(eqx.Module):
         n_steps = -(-n // batch_size)
         threads = 1
         if xp is np and jax.default_backend() == "cpu":
-            threads = min(_cpu_threads(), n_steps)
+            threads = max(1, min(_cpu_threads(), n_steps // BATCH_CPU_MIN_STEPS_PER_THREAD))
         steps_per_thread = -(-n_steps // threads)
         p = xp.concatenate([p, xp.repeat(p[-1:], threads * steps_per_thread * batch_size - n, 0)])
         if threads == 1:

@@ -140,6 +140,7 @@ def test_batch_threads_equal_single_calls(generator, monkeypatch, threads):
     leave the second thread a padded step and the third padding only; the fluxes equal
     one-at-a-time calls either way."""
     monkeypatch.setattr(generator_module, "BATCH_CPU_THREADS", threads)
+    monkeypatch.setattr(generator_module, "BATCH_CPU_MIN_STEPS_PER_THREAD", 1)
     rng = np.random.default_rng(5)
     thetas = np.c_[rng.uniform(4000, 6000, 7), rng.uniform(4.0, 4.5, 7), rng.uniform(-0.5, 0, 7)]
     single = np.stack([generator(t) for t in thetas])
