@@ -39,7 +39,6 @@ from baseline_paper import equivalent_generator
 
 import jblase.generator
 from jblase import Generator
-from jblase.forward import max_batch_spectra
 from jblase.generator import generator_chunk_elements
 
 PAPER = {"lines": 128_723, "wl_range": (8038.0, 12849.0), "batches": (1, 32, 128, 512)}
@@ -98,9 +97,7 @@ def run(args) -> dict:
                 "contender": name,
                 "batch_size": batch,
                 "chunk_elements": chunk or generator_chunk_elements(batch),
-                "spectra_per_step": min(
-                    batch, max_batch_spectra(gen.max_tiles, chunk_elements=chunk)
-                ),
+                "spectra_per_step": gen.spectra_per_step(batch, chunk),
                 "n_spectra": n,
                 "seconds_per_spectrum": per,
                 "spectra_per_s": 1.0 / per,

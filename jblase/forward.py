@@ -243,8 +243,9 @@ def max_batch_spectra(
     """The most spectra one :func:`ln_flux` call takes when each has up to ``max_tiles`` tiles
     (tile numbers are int32). Larger batches must be split (``Generator.batch`` does)."""
     elements = chunk_elements or default_chunk_elements()
-    room = _TILE_NUMBER_LIMIT - 1 - _tile_numbers_needed(0, tile, elements)
-    return max(1, room // (max(1, max_tiles) * (tile // max(1, tile // _CORE_TILE_DIVISOR))))
+    fixed = _tile_numbers_needed(0, tile, elements)
+    per_spectrum = _tile_numbers_needed(max(1, max_tiles), tile, elements) - fixed
+    return max(1, (_TILE_NUMBER_LIMIT - 1 - fixed) // per_spectrum)
 
 
 def tile_bound(window_cap, mask=None, tile: int = DEFAULT_TILE) -> int:

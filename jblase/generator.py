@@ -370,7 +370,6 @@ class Generator(eqx.Module):
         128,723 lines, about 770 spectra). ``chunk_elements``: window elements per
         forward-model step (default :func:`generator_chunk_elements`).
 
-
         On CPU, outside ``jit``, the steps are shared among threads (one per core,
         ``BATCH_CPU_THREADS``, each with ``BATCH_CPU_MIN_STEPS_PER_THREAD`` steps or more),
         each running one compiled program on its share and copying it into one host array
@@ -387,10 +386,7 @@ class Generator(eqx.Module):
         if p.ndim != 2 or p.shape[1] != 3:
             raise ValueError(f"params must be (n, 3) (teff, logg, feh), got shape {p.shape}")
         n = p.shape[0]
-        largest = chunk_elements or generator_chunk_elements(batch_size)
-        batch_size = max(
-            1, min(batch_size, n, max_batch_spectra(self.max_tiles, DEFAULT_TILE, largest))
-        )
+        batch_size = self.spectra_per_step(min(batch_size, n), chunk_elements)
         n_steps = -(-n // batch_size)
         threads = 1
         if xp is np and jax.default_backend() == "cpu":
@@ -401,6 +397,12 @@ class Generator(eqx.Module):
             return _generate_steps(self, p.reshape(n_steps, batch_size, 3), n, chunk_elements)
         groups = p.reshape(threads, steps_per_thread, batch_size, 3)
         return self._batch_threads(groups, n, chunk_elements)
+
+    def spectra_per_step(self, batch_size: int, chunk_elements: int | None = None) -> int:
+        """The spectra :meth:`batch` evaluates per step when asked for ``batch_size``: fewer
+        where the step's tiles would overflow the int32 tile numbering."""
+        elements = chunk_elements or generator_chunk_elements(batch_size)
+        return max(1, min(batch_size, max_batch_spectra(self.max_tiles, DEFAULT_TILE, elements)))
 
     def _batch_threads(self, groups: np.ndarray, n: int, chunk_elements: int | None) -> jax.Array:
         """Fluxes (n, n_pix) for groups (threads, steps, batch_size, 3), one thread per group

@@ -125,8 +125,7 @@ def test_batch_splits_steps_that_would_overflow_the_tile_numbers(generator, monk
     thetas = np.c_[rng.uniform(4000, 6000, 5), rng.uniform(4.0, 4.5, 5), rng.uniform(-0.5, 0, 5)]
     single = np.stack([generator(t) for t in thetas])
     elements = generator_chunk_elements(5)
-    per_spectrum = generator.max_tiles * (DEFAULT_TILE // (DEFAULT_TILE // 4))
-    limit = 2 * per_spectrum + forward._tile_numbers_needed(0, DEFAULT_TILE, elements) + 1
+    limit = forward._tile_numbers_needed(2 * generator.max_tiles, DEFAULT_TILE, elements) + 1
     monkeypatch.setattr(forward, "_TILE_NUMBER_LIMIT", limit)
     assert forward.max_batch_spectra(generator.max_tiles, chunk_elements=elements) == 2
     np.testing.assert_allclose(generator.batch(thetas, batch_size=5), single, rtol=0, atol=1e-13)
