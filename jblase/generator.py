@@ -48,8 +48,8 @@ __all__ = [
 #: Threads for :meth:`Generator.batch` on CPU outside ``jit`` (None: every core this process
 #: may use). XLA's CPU runtime runs one such program on about one core.
 BATCH_CPU_THREADS: int | None = None
-#: A thread is used only for this many steps or more: threads cost about 2 ms per call on
-#: 2 cores (at 3,000 lines x 30,100 pixels, 4 and 10 spectra ran slower threaded, 60 faster).
+#: A thread is used only for this many steps or more: starting threads and programs costs a
+#: fixed time per call, so small batches ran slower threaded (a check outside the benchmarks).
 BATCH_CPU_MIN_STEPS_PER_THREAD = 4
 
 
@@ -374,8 +374,9 @@ class Generator(eqx.Module):
         ``BATCH_CPU_THREADS``, each with ``BATCH_CPU_MIN_STEPS_PER_THREAD`` steps or more),
         each running one compiled program on its share and copying it into one host array
         that becomes the result without a further copy (peak memory about twice the
-        result's). On 2 cores, 60 spectra of 20,000 lines x 103,067 pixels took 1.3-1.6 ms
-        each against 1.65-2.8 ms as one program (an interleaved comparison).
+        result's). On 2 cores, batches of 60 spectra of 20,000 lines x 103,067 pixels took
+        2.26 ms per spectrum against 2.45 ms on one thread (medians of three runs of
+        ``benchmarks/reconstruct.py``, which times both in each run).
         """
         batch_size = batch_size or default_batch_size()
         try:
