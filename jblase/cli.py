@@ -88,6 +88,8 @@ def _cmd_clone(args) -> int:
         profile=args.profile,
         optimizer=args.optimizer,
         compute_dtype=args.dtype,
+        residual_rounds=args.residual_rounds,
+        residual_prominence=args.residual_prominence,
     )
     summary = clone_grid(
         grid,
@@ -100,6 +102,28 @@ def _cmd_clone(args) -> int:
     print(
         f"{summary['total']} grid points: {summary['done']} already done, "
         f"{summary['cloned']} cloned now -> {args.out}"
+    )
+    return 0
+
+
+def _cmd_complete(args) -> int:
+    from jblase.complete import CompletionSettings, complete_grid
+    from jblase.grids.phoenix import PhoenixGrid
+    from jblase.manifold import read_clones_manifest
+
+    source = read_clones_manifest(args.clones_dir).get("source", {})
+    grid = PhoenixGrid(
+        args.grid_dir, wl_range=tuple(source["wl_range"]) if source.get("wl_range") else None
+    )
+    settings = CompletionSettings(
+        epochs=args.epochs, start_fraction=args.start_fraction, tolerance_px=args.tolerance_px
+    )
+    summary = complete_grid(
+        grid, args.clones_dir, args.out, settings, batch_size=args.batch, progress=not args.quiet
+    )
+    print(
+        f"{summary['total']} grid points, {summary['identities']} line identities: "
+        f"{summary['done']} already done, {summary['completed']} completed now -> {args.out}"
     )
     return 0
 
@@ -230,7 +254,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="float64", choices=["float64", "float32"], help="profile arithmetic"
     )
     p.add_argument("--fixed-centers", action="store_true", help="do not tune line centres")
+    p.add_argument(
+        "--residual-rounds",
+        type=int,
+        default=1,
+        help="rounds of adding the lines found in data / model and refitting (0: the paper's "
+        "single pass)",
+    )
+    p.add_argument(
+        "--residual-prominence", type=float, default=0.002, help="their detection threshold"
+    )
     p.set_defaults(func=_cmd_clone)
+
+    p = sub.add_parser(
+        "complete",
+        help="give every line a fitted value at each grid point next to one where it was "
+        "detected (matched identities; resumable)",
+    )
+    p.add_argument("grid_dir", type=Path, help="the grid the clones were made from")
+    p.add_argument("clones_dir", type=Path, help="clones directory written by `jblase clone`")
+    p.add_argument("--out", required=True, type=Path, help="completed clones directory")
+    p.add_argument("--epochs", type=int, default=50, help="refit epochs per grid point")
+    p.add_argument(
+        "--start-fraction",
+        type=float,
+        default=0.1,
+        help="an added line starts at this fraction of its neighbour's amplitude",
+    )
+    p.add_argument(
+        "--tolerance-px", type=float, default=2.0, help="identity matching tolerance (pixels)"
+    )
+    p.add_argument("--batch", type=int, default=8, help="spectra refitted together")
+    p.set_defaults(func=_cmd_complete)
 
     p = sub.add_parser("build", help="build the dense line manifold from a clones directory")
     p.add_argument("clones_dir", type=Path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import jax
@@ -31,16 +31,20 @@ from jblase.forward import (
     _nearest_pixel,
     default_max_tiles,
     ln_flux,
+    synthesize_lines,
     tile_bound,
     window_px,
 )
+from jblase.identity import IDENTITY_KEYS_PER_AA
 from jblase.linelist import LineList, stack_line_lists
 
 __all__ = [
     "CloneResult",
     "CloneSettings",
+    "add_residual_lines",
     "clone_batch",
     "clone_lines",
+    "clone_lines_many",
     "clone_many",
     "clone_spectrum",
 ]
@@ -67,6 +71,12 @@ class CloneSettings:
     #: Centres are tuned as ``center + center_scale_aa * shift``: Adam then moves them by about
     #: learning_rate * center_scale_aa (0.005 A, a third of a PHOENIX pixel) per epoch.
     center_scale_aa: float = 0.1
+    #: Residual-driven line addition: after each pass, lines are detected in data / model (at
+    #: ``residual_prominence``), added, and every line is refitted for ``epochs`` more
+    #: epochs; this many rounds. 0 is the paper's single pass. A pseudo-Voigt fits a
+    #: saturated core or a blend poorly, and the lines this adds absorb what it misses.
+    residual_rounds: int = 1
+    residual_prominence: float = 0.002
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -77,6 +87,11 @@ class CloneSettings:
             )
         if self.flux_tolerance is not None and not self.flux_tolerance > 0:
             raise ValueError(f"flux_tolerance must be positive or None, got {self.flux_tolerance}")
+        if self.residual_rounds < 0 or not self.residual_prominence > 0:
+            raise ValueError(
+                f"need residual_rounds >= 0 and residual_prominence > 0; got "
+                f"{self.residual_rounds}, {self.residual_prominence}"
+            )
         if self.epochs < 0 or self.wing_cut < 1 or not self.learning_rate > 0:
             raise ValueError(
                 f"need epochs >= 0, wing_cut >= 1 and learning_rate > 0; got {self.epochs}, "
@@ -85,6 +100,19 @@ class CloneSettings:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> CloneSettings:
+        """Settings as stored by :meth:`as_dict`; keys that older versions did not store take
+        the value those versions used (a single pass: no residual rounds)."""
+        unknown = set(stored) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown clone settings {sorted(unknown)} (a newer jblase?)")
+        return cls(**{**_LEGACY_SETTINGS, **stored})
+
+
+#: What clone settings stored before a field existed meant (see CloneSettings.from_dict).
+_LEGACY_SETTINGS = {"residual_rounds": 0}
 
 
 @dataclass
@@ -305,13 +333,78 @@ def clone_lines(
     """Tune a given initial line list against one spectrum (the full-control form)."""
     settings = settings or CloneSettings()
     wl, flux = check_spectrum(wavelength_aa, normalized_flux, name="normalized_flux")
-    batch = stack_line_lists([lines], length=len(lines) + 1)  # + a masked sentinel slot
-    bar = tqdm(total=settings.epochs, desc="cloning", unit="epoch", disable=not progress)
+    return _clone_passes(wl, flux[None], [lines], settings, progress=progress)[0]
+
+
+def _clone_passes(
+    wl: np.ndarray,
+    fluxes: np.ndarray,
+    initial: list[LineList],
+    settings: CloneSettings,
+    progress: bool = False,
+) -> list[CloneResult]:
+    """Train one batch of spectra: the first pass, then ``settings.residual_rounds`` rounds of
+    residual-driven line addition, each a full training pass of every line."""
+    n_pass = 1 + settings.residual_rounds
+    bar = tqdm(total=settings.epochs * n_pass, desc="cloning", unit="epoch", disable=not progress)
+    lists, history, mse0 = list(initial), [], None
     with bar:
-        tuned, losses, mse0, mse = _train(wl, flux[None], batch, settings, bar)
-    return CloneResult(
-        _unbatch(tuned, 0), float(np.sqrt(mse[0])), float(np.sqrt(mse0[0])), losses[0], settings
+        for k in range(n_pass):
+            if k:
+                lists = [
+                    add_residual_lines(wl, f, ll, settings)
+                    for f, ll in zip(fluxes, lists, strict=True)
+                ]
+            length = _bucket_length(max(len(ll) for ll in lists) + 1)  # + a masked sentinel
+            batch = stack_line_lists(lists, length=length)
+            tuned, losses, first_mse, mse = _train(wl, fluxes, batch, settings, bar)
+            mse0 = first_mse if mse0 is None else mse0
+            history.append(losses)
+            lists = [_unbatch(tuned, i) for i in range(len(lists))]
+    losses = np.concatenate(history, axis=-1)
+    return [
+        CloneResult(lists[i], float(np.sqrt(mse[i])), float(np.sqrt(mse0[i])), losses[i], settings)
+        for i in range(len(lists))
+    ]
+
+
+def add_residual_lines(
+    wavelength_aa: np.ndarray,
+    normalized_flux: np.ndarray,
+    lines: LineList,
+    settings: CloneSettings,
+) -> LineList:
+    """``lines`` plus the lines detected in data / model at ``settings.residual_prominence``.
+
+    The ratio is capped at 1 (only missing absorption can be added); the new lines get the
+    detector's initial guesses and identities (their pre-optimisation centres rounded to
+    0.01 A), moved by 0.001 A steps where one would repeat an identity of the spectrum.
+    """
+    padded = lines.pad(_bucket_length(len(lines) + 1))  # a few compiled shapes, not one each
+    model = np.asarray(
+        synthesize_lines(
+            wavelength_aa,
+            padded,
+            wing_cut=settings.wing_cut,
+            profile=settings.profile,
+            flux_tolerance=settings.flux_tolerance,
+        )
     )
+    ratio = np.minimum(normalized_flux / np.maximum(model, 1e-300), 1.0)
+    new = detect_lines(wavelength_aa, ratio, prominence=settings.residual_prominence)
+    old_keys = np.rint(np.asarray(lines.identity_center) * IDENTITY_KEYS_PER_AA).astype(np.int64)
+    new_keys = np.rint(np.asarray(new.identity_center) * IDENTITY_KEYS_PER_AA).astype(np.int64)
+    taken = set(old_keys.tolist())
+    for i, key in enumerate(new_keys):
+        while key in taken:
+            key += 1
+        taken.add(int(key))
+        new_keys[i] = key
+    fields = ("center", "ln_amplitude", "ln_sigma", "ln_gamma")
+    joined = {f: np.r_[np.asarray(getattr(lines, f)), np.asarray(getattr(new, f))] for f in fields}
+    identity = np.r_[old_keys, new_keys] / IDENTITY_KEYS_PER_AA
+    order = np.argsort(joined["center"], kind="stable")
+    return LineList(**{f: v[order] for f, v in joined.items()}, identity_center=identity[order])
 
 
 def clone_spectrum(
@@ -327,6 +420,8 @@ def clone_spectrum(
     optimizer: str = "adam",
     compute_dtype: str = "float64",
     flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
+    residual_rounds: int = 1,
+    residual_prominence: float = 0.002,
     progress: bool = False,
 ) -> CloneResult:
     """Detect the lines of one normalised spectrum and clone them.
@@ -343,6 +438,9 @@ def clone_spectrum(
         compute_dtype: ``"float64"`` or ``"float32"`` profile arithmetic (offsets stay float64).
         flux_tolerance: adaptive line windows within about this of ``wing_cut`` windows
             (normalised flux); ``None`` gives every line ``wing_cut`` pixels, as the paper.
+        residual_rounds, residual_prominence: rounds of residual-driven line addition and
+            their detection threshold (see :class:`CloneSettings`); 0 rounds is the paper's
+            single pass.
         progress: show a progress bar over epochs.
     """
     settings = CloneSettings(
@@ -355,6 +453,8 @@ def clone_spectrum(
         optimizer,
         compute_dtype,
         flux_tolerance,
+        residual_rounds=residual_rounds,
+        residual_prominence=residual_prominence,
     )
     lines = detect_lines(wavelength, normalized_flux, prominence=prominence)
     return clone_lines(wavelength, normalized_flux, lines, settings, progress=progress)
@@ -384,6 +484,8 @@ def clone_batch(
     optimizer: str = "adam",
     compute_dtype: str = "float64",
     flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
+    residual_rounds: int = 1,
+    residual_prominence: float = 0.002,
     progress: bool = True,
     on_result: Callable[[int, CloneResult], None] | None = None,
 ) -> list[CloneResult]:
@@ -413,6 +515,8 @@ def clone_batch(
         optimizer,
         compute_dtype,
         flux_tolerance,
+        residual_rounds=residual_rounds,
+        residual_prominence=residual_prominence,
     )
     return clone_many(
         wavelength,
@@ -449,7 +553,43 @@ def clone_many(
         except ValueError as err:
             raise ValueError(f"spectrum {i}: {err}") from None
     detected = [detect_lines(wl, f, prominence=prominence) for f in fluxes]
-    order = np.argsort([len(d) for d in detected], kind="stable")
+    return clone_lines_many(
+        wl,
+        fluxes,
+        detected,
+        settings,
+        batch_size=batch_size,
+        progress=progress,
+        on_result=on_result,
+    )
+
+
+def clone_lines_many(
+    wavelength: np.ndarray,
+    normalized_fluxes: np.ndarray,
+    initial: list[LineList],
+    settings: CloneSettings,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    on_result: Callable[[int, CloneResult], None] | None = None,
+) -> list[CloneResult]:
+    """Tune given initial line lists, one per spectrum, ``batch_size`` spectra per program.
+
+    The batched twin of :func:`clone_lines` (``initial[i]`` starts spectrum ``i``; identities
+    are kept). Spectra are batched in order of line count, as :func:`clone_batch` does.
+
+    Args:
+        wavelength: vacuum A, float64 (n_pix,), strictly increasing.
+        normalized_fluxes: (n_spectra, n_pix) normalised fluxes.
+        initial: n_spectra line lists (compact, all ``mask`` True).
+        settings, batch_size, progress, on_result: as :func:`clone_many`.
+    """
+    wl = np.asarray(wavelength, np.float64)
+    fluxes = np.asarray(normalized_fluxes, np.float64)
+    if len(initial) != fluxes.shape[0]:
+        raise ValueError(f"{len(initial)} initial line lists for {fluxes.shape[0]} spectra")
+    order = np.argsort([len(d) for d in initial], kind="stable")
     batch_size = min(batch_size, len(order))
     results: list[CloneResult | None] = [None] * len(order)
     bar = tqdm(total=len(order), desc="cloning", unit="spectrum", disable=not progress)
@@ -457,19 +597,10 @@ def clone_many(
         for start in range(0, len(order), batch_size):
             idx = list(order[start : start + batch_size])
             filled = idx + [idx[-1]] * (batch_size - len(idx))
-            length = _bucket_length(max(len(detected[i]) for i in idx) + 1)
-            lines = stack_line_lists([detected[i] for i in filled], length=length)
-            tuned, losses, mse0, mse = _train(wl, fluxes[filled], lines, settings, None)
+            done = _clone_passes(wl, fluxes[filled], [initial[i] for i in filled], settings)
             for k, i in enumerate(idx):
-                res = CloneResult(
-                    _unbatch(tuned, k),
-                    float(np.sqrt(mse[k])),
-                    float(np.sqrt(mse0[k])),
-                    losses[k],
-                    settings,
-                )
-                results[i] = res
+                results[i] = done[k]
                 if on_result is not None:
-                    on_result(int(i), res)
+                    on_result(int(i), done[k])
                 bar.update(1)
     return results  # type: ignore[return-value]

@@ -54,6 +54,7 @@ def prepare_manifold(out: str | Path, quick: bool = False, progress: bool = True
     Returns ``(manifold, model)``: the loaded :class:`~jblase.manifold.Manifold` and the
     :class:`~jblase.grids.synthetic.SyntheticGridModel` that wrote the grid (the truth).
     """
+    from jblase.complete import complete_grid
     from jblase.grids import synthetic
     from jblase.grids.phoenix import PhoenixGrid
     from jblase.manifold import Manifold, build_manifold, directory_size
@@ -75,19 +76,28 @@ def prepare_manifold(out: str | Path, quick: bool = False, progress: bool = True
     grid = PhoenixGrid(grid_dir)
     summary = clone_grid(grid, out / "clones", DEMO_CLONE_SETTINGS, batch_size=8, progress=progress)
     print(f"   {summary['cloned']} cloned, {summary['done']} already done")
+    # Every line gets a fitted value at each grid point next to one where it was detected, so
+    # interpolation between grid points has a value at every corner (jblase.complete).
+    completed = complete_grid(
+        grid, out / "clones", out / "completed", batch_size=8, progress=progress
+    )
+    print(
+        f"   completed: {completed['identities']} line identities; "
+        f"{completed['completed']} refitted, {completed['done']} already done"
+    )
     timings["clone"] = time.perf_counter() - t
 
     _stage("3/5 building the line manifold")
     t = time.perf_counter()
     manifold_path = out / "manifold.npz"
-    if not manifold_path.exists() or summary["cloned"]:
-        build_manifold(out / "clones", progress=progress).save(manifold_path)
+    if not manifold_path.exists() or completed["completed"]:
+        build_manifold(out / "completed", progress=progress).save(manifold_path)
     manifold = Manifold.load(manifold_path)
     grid_shape = "x".join(str(len(a)) for a in axes)
     print(
         f"   {manifold.n_lines} lines x {grid_shape} grid; "
-        f"{manifold_path.stat().st_size / 1e6:.2f} MB (clones: "
-        f"{directory_size(out / 'clones') / 1e6:.2f} MB)"
+        f"{manifold_path.stat().st_size / 1e6:.2f} MB (completed clones: "
+        f"{directory_size(out / 'completed') / 1e6:.2f} MB)"
     )
     timings["manifold"] = time.perf_counter() - t
     return manifold, model

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from jblase._checks import check_wavelength
 from jblase.clone import CloneResult, CloneSettings
 from jblase.grids.base import GridPoint
+from jblase.identity import IDENTITY_KEYS_PER_AA
 from jblase.interp import interpolate_lines
 from jblase.io import atomic_write, load_line_list, save_line_list, write_json_atomic
 from jblase.linelist import LineList
@@ -606,7 +607,7 @@ def _read_clone(path: Path, label_point: GridPoint, settings: dict):
     bad = ~np.isfinite(values).all(axis=-1) | ~np.isfinite(ident)
     if bad.any():
         raise ValueError(f"{path}: {int(bad.sum())} lines with non-finite parameters")
-    keys = np.rint(ident * 100).astype(np.int64)
+    keys = np.rint(ident * IDENTITY_KEYS_PER_AA).astype(np.int64)
     # Keep, per identity, the line with the largest ln a (ties: the first in the file).
     order = np.lexsort((-values[:, 1], keys))
     first = np.ones(order.size, dtype=bool)
@@ -621,7 +622,9 @@ def build_manifold(
 ) -> Manifold:
     """Build the line manifold of a clone directory.
 
-    Lines are identified across the grid by ``round(identity_center * 100)`` (0.01 A); a
+    Lines are identified across the grid by ``identity_center`` rounded to 0.001 A
+    (:data:`jblase.identity.IDENTITY_KEYS_PER_AA`; the paper's identities are multiples of
+    0.01 A, matched ones from :mod:`jblase.complete` of 0.001 A); a
     spectrum holding one identity twice keeps the line with the larger ln a (one warning counts
     them). The axes are the sorted distinct Teff (K), log g and [Fe/H] (dex) of the clone
     files; non-uniform steps are fine.
@@ -690,7 +693,7 @@ def build_manifold(
         )
 
     keys = np.unique(np.concatenate([c[2] for c in clones]))
-    identity = keys / 100.0
+    identity = keys / IDENTITY_KEYS_PER_AA
     n_points = math.prod(shape)
     params = np.zeros((keys.size, n_points, 4), dtype=np.float32)
     present = np.zeros((keys.size, n_points), dtype=bool)

@@ -60,7 +60,7 @@ def clone_grid(
         raise ValueError("the grid selection is empty: no spectra to clone")
     if (clones_dir / "manifest.json").exists():
         manifest = read_clones_manifest(clones_dir)
-        stored_settings = manifest.get("settings") or {}
+        stored_settings = CloneSettings.from_dict(manifest.get("settings") or {}).as_dict()
         wanted = settings.as_dict()
         if stored_settings != wanted:
             differ = "; ".join(
