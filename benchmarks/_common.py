@@ -129,11 +129,15 @@ def parse_key_values(items, what: str = "option") -> dict:
 
 
 @contextlib.contextmanager
-def stage(timings: dict, name: str, message: str | None = None):
-    """Print ``message`` (default ``name``) as a stage header; store the stage's seconds."""
+def stage(timings: dict, name: str, message: str | None = None, cpu: dict | None = None):
+    """Print ``message`` (default ``name``) as a stage header; add the stage's wall seconds to
+    ``timings[name]`` and, if given, this process's CPU seconds to ``cpu[name]`` (on a shared
+    machine the CPU time says more about the work than the wall time)."""
     print(f"\n== {message or name}", flush=True)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+        if cpu is not None:
+            cpu[name] = cpu.get(name, 0.0) + time.process_time() - c

@@ -445,6 +445,8 @@ def main(argv=None) -> dict:
     progress = not args.quiet
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    t_cpu = time.process_time()
 
     spec = grid_spec(args.grid, args.quick, args.line_formation)
     crop = tuple(args.wl) if args.wl else spec.crop
@@ -457,13 +459,17 @@ def main(argv=None) -> dict:
     clone_key = settings_key(settings.as_dict(), crop)
     clones_dir = workdir / f"clones_{clone_key}"
     manifold_key = settings_key(clone_key, manifold_kwargs)
-    default_run = (
-        settings == spec.clone_settings and crop == spec.crop and not manifold_kwargs
-    ) and args.line_formation in (None, spec.model.line_formation)
-    tag = args.tag or ("" if default_run else manifold_key)
+    default_spec = grid_spec(args.grid, args.quick)
+    default_run = (settings, crop, spec.model, manifold_kwargs) == (
+        default_spec.clone_settings,
+        default_spec.crop,
+        default_spec.model,
+        {},
+    )
+    tag = args.tag or ("" if default_run else settings_key(manifold_key, spec.model.settings()))
     grid_name = f"grid_{spec.model.line_formation}"
 
-    with stage(timings, "grid", f"1/5 simulator grid {spec.name}: {spec.model!r}"):
+    with stage(timings, "grid", cpu=cpu, message=f"1/5 simulator grid {spec.name}: {spec.model!r}"):
         grid_dir = synthetic.write_grid(
             workdir / grid_name, *spec.axes, model=spec.model, progress=progress
         )
@@ -476,7 +482,7 @@ def main(argv=None) -> dict:
             f"{int(active.sum())} active"
         )
 
-    with stage(timings, "clone", f"2/5 cloning into {clones_dir} ({settings})"):
+    with stage(timings, "clone", cpu=cpu, message=f"2/5 cloning into {clones_dir} ({settings})"):
         summary = clone_grid(
             grid,
             clones_dir,
@@ -487,7 +493,7 @@ def main(argv=None) -> dict:
         )
         print(f"   {summary['cloned']} cloned, {summary['done']} already done")
 
-    with stage(timings, "manifold", "3/5 manifold and normalised grid"):
+    with stage(timings, "manifold", cpu=cpu, message="3/5 manifold and normalised grid"):
         manifold_path = workdir / f"manifold_{manifold_key}.npz"
         if summary["cloned"] or not manifold_path.exists():
             build_manifold(clones_dir, progress=progress, **manifold_kwargs).save(manifold_path)
@@ -507,7 +513,7 @@ def main(argv=None) -> dict:
         )
 
     methods = [*variants, PIXEL, NEAREST]
-    with stage(timings, "offgrid", "4/5 off-grid truths"):
+    with stage(timings, "offgrid", cpu=cpu, message="4/5 off-grid truths"):
         points = offgrid_points(axes, n_per_cell)
         truth = np.stack(
             [
@@ -527,7 +533,7 @@ def main(argv=None) -> dict:
     loo_plan = [(0, i) for i in _loo_nodes(len(axes[0]), args.loo)]
     if args.loo_logg:
         loo_plan += [(1, i) for i in _loo_nodes(len(axes[1]), "all")]
-    with stage(timings, "loo", f"5/5 leave-one-out: {len(loo_plan)} nodes"):
+    with stage(timings, "loo", cpu=cpu, message=f"5/5 leave-one-out: {len(loo_plan)} nodes"):
         for axis, i in tqdm(loo_plan, desc="leave-one-out", disable=not progress):
             node = float(axes[axis][i])
             dropped, true = node_slice(axes, cube, axis, i)
@@ -583,6 +589,7 @@ def main(argv=None) -> dict:
         print(line)
 
     timings["total"] = time.perf_counter() - t_start
+    cpu["total"] = time.process_time() - t_cpu
     name = f"fidelity_{spec.name}{suffix}" + (f"_{tag}" if tag else "")
     payload = {
         "command": " ".join(["python", "benchmarks/fidelity.py", *(argv or sys.argv[1:])]),
@@ -602,6 +609,7 @@ def main(argv=None) -> dict:
         "offgrid_seed": OFFGRID_SEED,
         "truth_check_max_abs_diff_at_nodes": truth_check,
         "timings_s": timings,
+        "cpu_seconds": cpu,
         "rows": {"offgrid": off_rows, "loo": loo_rows, "grid": grid_rows},
         "summary": {
             "methods": methods,
@@ -612,7 +620,8 @@ def main(argv=None) -> dict:
             "loo_logg": loo_logg_summary,
         },
     }
-    print("\ntimings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print("\nwall (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    print("CPU (s): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
     write_results(name, payload, args.out)
     return payload
 
