@@ -1,7 +1,10 @@
-"""Shared helpers for the benchmark scripts: machine info, timing, JSON output, tables."""
+"""Shared helpers for the benchmark scripts: machine info, timing, JSON output, tables, and
+the arguments most scripts share (``--quick``, ``--workdir``, ``--out``, ``KEY=VALUE`` lists)."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import platform
@@ -85,3 +88,56 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def add_common_args(
+    parser: argparse.ArgumentParser, workdir: bool = True, out: bool = True
+) -> argparse.ArgumentParser:
+    """Add ``--quick`` and, optionally, ``--workdir`` and ``--out`` (Paths, default None)."""
+    parser.add_argument("--quick", action="store_true", help="CI-sized run (a minute or two)")
+    if workdir:
+        parser.add_argument(
+            "--workdir",
+            type=Path,
+            default=None,
+            help="work directory for grids, clones and manifolds (reused: reruns resume)",
+        )
+    if out:
+        parser.add_argument(
+            "--out", type=Path, default=None, help="JSON output directory (default: results/)"
+        )
+    return parser
+
+
+def parse_value(text: str):
+    """A command-line value: JSON where it parses (3, 0.05, true, null, "x"), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_key_values(items, what: str = "option") -> dict:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values by :func:`parse_value`)."""
+    out = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"{what} {item!r} is not KEY=VALUE")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+@contextlib.contextmanager
+def stage(timings: dict, name: str, message: str | None = None, cpu: dict | None = None):
+    """Print ``message`` (default ``name``) as a stage header; add the stage's wall seconds to
+    ``timings[name]`` and, if given, this process's CPU seconds to ``cpu[name]`` (on a shared
+    machine the CPU time says more about the work than the wall time)."""
+    print(f"\n== {message or name}", flush=True)
+    t, c = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+        if cpu is not None:
+            cpu[name] = cpu.get(name, 0.0) + time.process_time() - c

@@ -56,6 +56,7 @@ def _cmd_synth_grid(args) -> int:
         wl_range=tuple(args.wl) if args.wl else synthetic.SyntheticGridModel().wl_range,
         resolution=args.resolution,
         seed=args.seed,
+        line_formation=args.line_formation,
     )
     quick = args.quick
     teffs = _axis(args.teff, synthetic.QUICK_TEFFS if quick else synthetic.DEMO_TEFFS)
@@ -235,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     _range(p, "--wl", "wavelength window in A")
     p.add_argument("--resolution", type=float, default=500_000.0, help="sampling lambda/dlambda")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulator's line list")
+    p.add_argument(
+        "--line-formation",
+        default="per_line",
+        choices=["per_line", "summed_opacity", "milne_eddington"],
+        help="how the lines' optical depths tau_j become flux: per_line (default, the demo's) "
+        "prod_j (1 - 0.9 (1 - exp(-tau_j))); or, with blended lines' opacities added first as "
+        "in radiative transfer, tau = sum_j tau_j: summed_opacity 1 - 0.9 (1 - exp(-tau)) (a "
+        "reversing layer) or milne_eddington 1 - 0.9 tau / (1 + tau)",
+    )
     p.add_argument("--quick", action="store_true", help="the small quick-demo axes")
     p.set_defaults(func=_cmd_synth_grid)
 

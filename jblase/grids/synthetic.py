@@ -12,7 +12,12 @@ becomes a spectrum at any continuous (Teff, log g, [Fe/H]) through a toy LTE rec
 * optical depth tau(lambda) = S V(lambda - lambda0; sigma, gamma), V the unit-area Voigt profile,
   sigma = (lambda0 / c) sqrt(k T_ex / m + xi**2 / 2),
   gamma = gamma_ref 10**(0.3 (log g - 4.5)) (Teff / 5777 K)**0.3;
-* saturating depth r = D_MAX (1 - exp(-tau)); lines-only spectrum prod_j (1 - r_j);
+* line formation, selectable (``line_formation``): ``"per_line"`` (default) forms each line
+  on its own, saturating depth r_j = D_MAX (1 - exp(-tau_j)), lines-only spectrum
+  prod_j (1 - r_j); ``"summed_opacity"`` and ``"milne_eddington"`` add the opacities of all
+  lines first, as radiative transfer does, then form the flux as a reversing layer,
+  1 - D_MAX (1 - exp(-tau)), or a Milne-Eddington atmosphere, 1 - D_MAX tau / (1 + tau), of
+  total line optical depth tau = sum_j tau_j (see :class:`SyntheticGridModel`);
 * raw flux = pi B_lambda(Teff) * a smooth Teff-dependent shape * lines, in erg/s/cm^2/cm.
 
 So the number of detectable lines falls steeply with Teff, CN and low-excitation neutral lines
@@ -48,6 +53,7 @@ __all__ = [
     "DEMO_LOGGS",
     "DEMO_TEFFS",
     "FEH_RANGE",
+    "LINE_FORMATIONS",
     "LOGG_RANGE",
     "QUICK_FEHS",
     "QUICK_LOGGS",
@@ -79,7 +85,12 @@ FEH_RANGE = (-2.0, 1.0)
 SETTINGS_FILENAME = "jblase_synthetic.json"
 _FORMAT = "jblase-synthetic-grid"
 #: Bumped whenever the physics changes, so a grid written by another version is not misread.
+#: (The ``line_formation`` setting came later without a bump: settings without it describe the
+#: default law, whose spectra did not change.)
 _VERSION = 1
+#: Line-formation laws of :class:`SyntheticGridModel`; the first is the default.
+LINE_FORMATIONS: tuple[str, ...] = ("per_line", "summed_opacity", "milne_eddington")
+_SETTING_KEYS = ("wl_range", "resolution", "n_lines", "seed", "line_formation", "version")
 
 # Physical constants (cgs unless stated).
 _K_B = 1.380649e-16
@@ -257,6 +268,32 @@ class SyntheticGridModel:
         n_lines: number of random lines, drawn over the window plus 10 A beyond each end (the
             named strong lines and hydrogen Paschen lines that fall there come on top).
         seed: seed of the line list; the same settings always give the same spectra.
+        line_formation: how the lines' optical depths tau_j(lambda) = S_j V_j(lambda) become
+            the lines-only flux (one of :data:`LINE_FORMATIONS`):
+
+            * ``"per_line"`` (default): prod_j (1 - D_MAX (1 - exp(-tau_j))). Each line is
+              formed on its own and blends multiply, so two saturated lines on one pixel reach
+              (1 - D_MAX)**2. A clone whose line form is 1 - d (1 - exp(-tau V)) has exactly
+              this form, so it can fit such a grid by construction.
+            * ``"summed_opacity"``: 1 - D_MAX (1 - exp(-sum_j tau_j)). This is the exact
+              solution of the transfer equation for a Schuster-Schwarzschild reversing layer:
+              a slab of line optical depth tau(lambda) = sum_j tau_j (opacities add) and
+              uniform source function S_L over a continuum of intensity I_c gives
+              I / I_c = exp(-tau) + (S_L / I_c) (1 - exp(-tau)) = 1 - D_MAX (1 - exp(-tau))
+              with D_MAX = 1 - S_L / I_c. No pixel goes below 1 - D_MAX, however many lines
+              blend there. For lines that do not overlap both laws give the same spectrum; in
+              a blend the summed law is never deeper: for two lines with x_j = 1 - exp(-tau_j)
+              it exceeds the per-line product by exactly D_MAX (1 - D_MAX) x_1 x_2.
+            * ``"milne_eddington"``: 1 - D_MAX eta / (1 + eta), eta = sum_j tau_j read as the
+              line-to-continuum opacity ratio. The Milne-Eddington atmosphere (eta constant
+              with depth, source function linear in continuum optical depth, B = a + b tau_c)
+              in the Eddington-Barbier approximation: F / F_c = B(tau = 2/3 along the total
+              opacity) / B(tau_c = 2/3) = 1 - D_MAX eta / (1 + eta), D_MAX = (2b/3) /
+              (a + 2b/3). Opacities add here too, and a single line already differs from the
+              per-line law: its depth approaches D_MAX as 1 / eta, not exponentially, so
+              strong lines have rounder cores and its curve of growth is another shape.
+
+            All three agree with 1 - D_MAX sum_j tau_j where every tau is small.
 
     Attributes:
         lines: the fixed line list, fields of shape (n_lines,) sorted by ``center`` (vacuum A):
@@ -273,6 +310,7 @@ class SyntheticGridModel:
         resolution: float = 500_000.0,
         n_lines: int = 3000,
         seed: int = 0,
+        line_formation: str = "per_line",
     ) -> None:
         lo, hi = (float(v) for v in wl_range)
         if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo < hi):
@@ -283,6 +321,11 @@ class SyntheticGridModel:
             raise ValueError(f"resolution must be a finite number > 1, got {resolution!r}")
         if int(n_lines) != n_lines or n_lines < 0:
             raise ValueError(f"n_lines must be a non-negative integer, got {n_lines!r}")
+        if line_formation not in LINE_FORMATIONS:
+            raise ValueError(
+                f"line_formation must be one of {LINE_FORMATIONS}, got {line_formation!r}"
+            )
+        self.line_formation = str(line_formation)
         self.wl_range = (lo, hi)
         self.resolution = float(resolution)
         self.n_lines = int(n_lines)
@@ -297,7 +340,7 @@ class SyntheticGridModel:
     def __repr__(self) -> str:
         return (
             f"SyntheticGridModel(wl_range={self.wl_range}, resolution={self.resolution:g}, "
-            f"n_lines={self.n_lines}, seed={self.seed})"
+            f"n_lines={self.n_lines}, seed={self.seed}, line_formation={self.line_formation!r})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -315,19 +358,24 @@ class SyntheticGridModel:
             "resolution": self.resolution,
             "n_lines": self.n_lines,
             "seed": self.seed,
+            "line_formation": self.line_formation,
             "version": _VERSION,
         }
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> SyntheticGridModel:
-        """Rebuild the model described by :meth:`settings`; ``ValueError`` on a version mismatch."""
+        """Rebuild the model described by :meth:`settings`; ``ValueError`` on a version mismatch.
+
+        Settings without ``line_formation`` (written before it existed) describe the default
+        ``"per_line"`` law.
+        """
         version = settings.get("version", _VERSION)
         if version != _VERSION:
             raise ValueError(
                 f"settings were written by simulator version {version}, this is version "
                 f"{_VERSION}; rewrite the grid with overwrite=True"
             )
-        unknown = set(settings) - {"wl_range", "resolution", "n_lines", "seed", "version"}
+        unknown = set(settings) - set(_SETTING_KEYS)
         if unknown:
             raise ValueError(f"unknown SyntheticGridModel settings: {sorted(unknown)}")
         kwargs = {k: v for k, v in settings.items() if k != "version"}
@@ -411,7 +459,7 @@ class SyntheticGridModel:
         wl = self._grid(wavelength)
         strength = self.line_strengths(teff, logg, feh)
         sigma, gamma = self.line_widths(teff, logg, feh)
-        return _render(wl, self.lines.center, strength, sigma, gamma)
+        return _render(wl, self.lines.center, strength, sigma, gamma, self.line_formation)
 
     def continuum(
         self, teff: float, logg: float, feh: float, wavelength: np.ndarray | None = None
@@ -457,9 +505,20 @@ def continuum_shape(wavelength_aa: np.ndarray, teff: float, logg: float) -> np.n
 
 
 def _render(
-    wl: np.ndarray, center: np.ndarray, strength: np.ndarray, sigma: np.ndarray, gamma: np.ndarray
+    wl: np.ndarray,
+    center: np.ndarray,
+    strength: np.ndarray,
+    sigma: np.ndarray,
+    gamma: np.ndarray,
+    law: str = "per_line",
 ) -> np.ndarray:
-    """prod_j (1 - D_MAX (1 - exp(-S_j V_j))) on ``wl``, each line only where it matters."""
+    """prod_j (1 - D_MAX (1 - exp(-S_j V_j))) on ``wl``, each line only where it matters.
+
+    ``law`` (see :data:`LINE_FORMATIONS`): for ``"summed_opacity"`` and ``"milne_eddington"``
+    the optical depths tau = sum_j S_j V_j are accumulated on the pixel grid block by block and
+    the flux formed once at the end, 1 - D_MAX (1 - exp(-tau)) or 1 - D_MAX tau / (1 + tau).
+    """
+    summed = law != "per_line"
     # Half-width beyond which D_MAX * S * V < _DEPTH_CUT: the Lorentzian wing, or the Gaussian
     # core for narrow lines, plus 3 sigma for the convolution's spread.
     peak = D_MAX * strength * voigt_profile(0.0, sigma, gamma)
@@ -475,7 +534,8 @@ def _render(
     center, strength, sigma, gamma, start, n = (
         a[on] for a in (center, strength, sigma, gamma, start, n)
     )
-    log_flux = np.zeros(wl.size)
+    # Per pixel: the sum of each line's ln(flux), or (summed) of each line's optical depth.
+    total = np.zeros(wl.size)
     # Group lines of similar window length (powers of two) into dense rectangular blocks.
     bucket = np.ceil(np.log2(n)).astype(np.int64)
     for b in np.unique(bucket):
@@ -489,9 +549,13 @@ def _render(
             idx = np.minimum(start[j, None] + offset[None, :], wl.size - 1)
             x = wl[idx] - center[j, None]
             tau = strength[j, None] * voigt_profile(x, sigma[j, None], gamma[j, None])
-            contrib = np.log1p(D_MAX * np.expm1(-tau))
-            log_flux += np.bincount(idx[valid], weights=contrib[valid], minlength=wl.size)
-    return np.maximum(np.exp(log_flux), np.finfo(np.float64).tiny)
+            contrib = tau if summed else np.log1p(D_MAX * np.expm1(-tau))
+            total += np.bincount(idx[valid], weights=contrib[valid], minlength=wl.size)
+    if law == "summed_opacity":
+        return 1.0 + D_MAX * np.expm1(-total)
+    if law == "milne_eddington":
+        return 1.0 - D_MAX * total / (1.0 + total)
+    return np.maximum(np.exp(total), np.finfo(np.float64).tiny)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -531,6 +595,13 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "settings" not in meta:
         raise ValueError(f"{path} is not a jblase synthetic-grid settings file")
     return meta
+
+
+def _with_default_law(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the default ``line_formation`` filled in where an older file lacks it."""
+    if isinstance(settings, dict) and "line_formation" not in settings:
+        return {**settings, "line_formation": LINE_FORMATIONS[0]}
+    return settings
 
 
 def _grid_points(
@@ -590,7 +661,7 @@ def write_grid(
     points = _grid_points(teffs, loggs, fehs)
     meta_path = root / SETTINGS_FILENAME
     if meta_path.exists():
-        old = _read_settings_file(meta_path)["settings"]
+        old = _with_default_law(_read_settings_file(meta_path)["settings"])
         if old != model.settings():
             if not overwrite:
                 raise ValueError(
