@@ -418,6 +418,12 @@ def parse_args(argv=None):
         help="leave-one-out interior Teff nodes: all, none or a number spread over the interior",
     )
     parser.add_argument("--loo-logg", action="store_true", help="also leave out log g nodes")
+    parser.add_argument(
+        "--no-complete",
+        dest="complete",
+        action="store_false",
+        help="build the manifold from the independent clones (no jblase.complete step)",
+    )
     parser.add_argument("--n-per-cell", type=int, default=None, help="off-grid truths per cell")
     parser.add_argument(
         "--line-formation",
@@ -437,6 +443,7 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from jblase.cli import enable_compile_cache
+    from jblase.complete import CompletionSettings, complete_grid
     from jblase.manifold import Manifold, build_manifold
     from jblase.pipeline import clone_grid
 
@@ -467,6 +474,8 @@ def main(argv=None) -> dict:
         {},
     )
     tag = args.tag or ("" if default_run else settings_key(manifold_key, spec.model.settings()))
+    if not args.complete and not args.tag:
+        tag = "_".join(t for t in (tag, "independent") if t)
     grid_name = f"grid_{spec.model.line_formation}"
 
     with stage(timings, "grid", cpu=cpu, message=f"1/5 simulator grid {spec.name}: {spec.model!r}"):
@@ -493,10 +502,20 @@ def main(argv=None) -> dict:
         )
         print(f"   {summary['cloned']} cloned, {summary['done']} already done")
 
+    completion = CompletionSettings() if args.complete else None
+    source_dir = clones_dir
+    if completion is not None:
+        with stage(timings, "complete", cpu=cpu, message="2b/5 completing the clones"):
+            source_dir = workdir / f"completed_{settings_key(clone_key, completion)}"
+            done = complete_grid(grid, clones_dir, source_dir, completion, progress=progress)
+            print(f"   {done['identities']} identities; {done['completed']} refitted")
+            summary["cloned"] += done["completed"]
+        manifold_key = settings_key(manifold_key, completion)
+
     with stage(timings, "manifold", cpu=cpu, message="3/5 manifold and normalised grid"):
         manifold_path = workdir / f"manifold_{manifold_key}.npz"
         if summary["cloned"] or not manifold_path.exists():
-            build_manifold(clones_dir, progress=progress, **manifold_kwargs).save(manifold_path)
+            build_manifold(source_dir, progress=progress, **manifold_kwargs).save(manifold_path)
         manifold = Manifold.load(manifold_path)
         cube = _normalised_cube(grid, axes, wl, progress)
         clone_rms = np.asarray(manifold.rms, np.float64)
@@ -541,6 +560,13 @@ def main(argv=None) -> dict:
             loo_dir = loo_clones_dir(
                 clones_dir, workdir / "loo" / f"{clone_key}_{AXIS_NAMES[axis]}{i}", dropped
             )
+            if completion is not None:
+                # Completed again without the node: nothing of it may reach its neighbours.
+                completed_dir = loo_dir.with_name(loo_dir.name + "_completed")
+                shutil.rmtree(completed_dir, ignore_errors=True)
+                complete_grid(grid, loo_dir, completed_dir, completion, progress=False)
+                shutil.rmtree(loo_dir, ignore_errors=True)
+                loo_dir = completed_dir
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 sub_manifold = build_manifold(loo_dir, progress=False, **manifold_kwargs)
@@ -602,6 +628,7 @@ def main(argv=None) -> dict:
             "n_active": int(active.sum()),
         },
         "clone_settings": settings.as_dict(),
+        "completion": None if completion is None else dataclasses.asdict(completion),
         "clones_dir": os.path.relpath(clones_dir, Path(__file__).resolve().parents[1]),
         "manifold_set": manifold_kwargs,
         "variants": variants,

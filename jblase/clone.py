@@ -123,7 +123,8 @@ class CloneResult:
         lines: the tuned lines (a compact :class:`LineList`, all ``mask`` True).
         rms: RMS residual over the active region after cloning (normalised flux).
         rms_initial: the same before cloning, with the detection guesses.
-        loss_history: mean squared error at the start of each epoch, shape (epochs,).
+        loss_history: mean squared error at the start of each epoch, shape (epochs * passes,)
+            (passes: 1 plus the residual rounds that added lines).
         settings: the :class:`CloneSettings` used.
     """
 
@@ -343,18 +344,23 @@ def _clone_passes(
     settings: CloneSettings,
     progress: bool = False,
 ) -> list[CloneResult]:
-    """Train one batch of spectra: the first pass, then ``settings.residual_rounds`` rounds of
-    residual-driven line addition, each a full training pass of every line."""
+    """Train one batch of spectra: the first pass, then up to ``settings.residual_rounds``
+    rounds of residual-driven line addition, each a full training pass of every line (the
+    rounds stop early when no spectrum of the batch gains a line)."""
     n_pass = 1 + settings.residual_rounds
     bar = tqdm(total=settings.epochs * n_pass, desc="cloning", unit="epoch", disable=not progress)
     lists, history, mse0 = list(initial), [], None
     with bar:
         for k in range(n_pass):
             if k:
-                lists = [
+                grown = [
                     add_residual_lines(wl, f, ll, settings)
                     for f, ll in zip(fluxes, lists, strict=True)
                 ]
+                if all(len(g) == len(ll) for g, ll in zip(grown, lists, strict=True)):
+                    bar.update(settings.epochs * (n_pass - k))
+                    break  # nothing left to add: another pass would only restart Adam
+                lists = grown
             length = _bucket_length(max(len(ll) for ll in lists) + 1)  # + a masked sentinel
             batch = stack_line_lists(lists, length=length)
             tuned, losses, first_mse, mse = _train(wl, fluxes, batch, settings, bar)
