@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jblase._checks import check_wavelength
+from jblase.detect import LOSS_BUFFER_AA
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_TILE,
@@ -160,6 +161,10 @@ class Generator(eqx.Module):
     window_wavelength: jax.Array | None = None
     max_tiles: int = eqx.field(static=True, default=1)
     flux_tolerance: float | None = eqx.field(static=True, default=DEFAULT_FLUX_TOLERANCE)
+    #: (lo, hi) A: the wavelengths the clones were fitted on (the manifold's range less the
+    #: cloning loss's 60 A at each end; set by :meth:`from_manifold`); outside it the
+    #: generator lacks lines cloning left out, and inference leaves those pixels out.
+    fitted_range: tuple[float, float] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         n_lines = self.identity_center.shape[0]
@@ -190,6 +195,7 @@ class Generator(eqx.Module):
         compute_dtype: str = "float64",
         amplitude_interpolation: str = "linear",
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
+        fitted_range: tuple[float, float] | None = None,
     ) -> Generator:
         """Build from raw manifold arrays; ``values[..., 1]`` holds ln a (shapes and units as
         the class attributes)."""
@@ -219,6 +225,7 @@ class Generator(eqx.Module):
             window_wavelength=pad_wavelength(wl, int(wing_cut)),
             max_tiles=tile_bound(cap),
             flux_tolerance=flux_tolerance,
+            fitted_range=fitted_range,
         )
 
     @classmethod
@@ -246,6 +253,7 @@ class Generator(eqx.Module):
             compute_dtype=compute_dtype,
             amplitude_interpolation=amplitude_interpolation,
             flux_tolerance=flux_tolerance,
+            fitted_range=_fitted_range(manifold.wavelength),
         )
         return gen if wl_range is None else gen.restrict(*wl_range)
 
@@ -291,6 +299,7 @@ class Generator(eqx.Module):
             window_wavelength=pad_wavelength(wavelength_padded, self.wing_cut),
             max_tiles=tile_bound(cap),
             flux_tolerance=self.flux_tolerance,
+            fitted_range=self.fitted_range,
         )
 
     # ----------------------------------------------------------------- properties
@@ -459,6 +468,12 @@ def _generate_steps(gen: Generator, steps, n: int, chunk_elements: int | None = 
     """Fluxes (n, n_pix) for steps (n_steps, batch_size, 3), one step at a time."""
     fluxes = jax.lax.map(lambda q: _flux(gen, q, chunk_elements), steps)
     return fluxes.reshape(-1, fluxes.shape[-1])[:n]
+
+
+def _fitted_range(wavelength) -> tuple[float, float]:
+    """The wavelengths (A) a clone's loss covered: all but 60 A at each end."""
+    wl = np.asarray(wavelength)
+    return float(wl[0] + LOSS_BUFFER_AA), float(wl[-1] - LOSS_BUFFER_AA)
 
 
 def _grid_window_cap(wavelength, identity, values, wing_cut, profile, flux_tolerance):

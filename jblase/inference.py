@@ -137,7 +137,17 @@ def _prepare_data(generator: Generator, wavelength, flux):
             f"data wavelengths [{lo:.3f}, {hi:.3f}] A extend beyond the generator's range "
             f"[{gen_wl[0]:.3f}, {gen_wl[-1]:.3f}] A"
         )
-    return wl, np.where(good, fl, 1.0), good.astype(np.float64), int((~good).sum())
+    n_bad = int((~good).sum())
+    if generator.fitted_range is not None:
+        # The clones were fitted only inside this range; beyond it the model lacks lines.
+        f_lo, f_hi = generator.fitted_range
+        good &= (wl > f_lo) & (wl < f_hi)
+        if good.sum() < 10:
+            raise ValueError(
+                f"only {good.sum()} finite data pixels lie inside the range the clones were "
+                f"fitted on, [{f_lo:.3f}, {f_hi:.3f}] A; cannot infer parameters"
+            )
+    return wl, np.where(good, fl, 1.0), good.astype(np.float64), n_bad
 
 
 def _search_bounds(generator: Generator, teff_prior, teff_window) -> np.ndarray:

@@ -85,3 +85,22 @@ def test_bad_requests_get_clear_errors(generator, star):
         infer(generator, wl, flux, teff_prior=9000.0)
     with pytest.raises(ValueError, match="strictly increasing"):
         infer(generator, wl[::-1], flux)
+
+
+def test_pixels_outside_the_fitted_range_are_left_out():
+    """A generator built from clones knows the range their loss covered (the manifold's range
+    less 60 A at each end); inference gives the data outside it zero weight."""
+    from jblase.inference import _prepare_data
+
+    identity, values, wl = _random_manifold(n_lines=20, n_pix=9000, seed=3)
+    lo, hi = float(wl[1000]), float(wl[8000])
+    gen = Generator.from_arrays(identity, values, AXES, wl, wing_cut=500, fitted_range=(lo, hi))
+    flux = np.ones(wl.size)
+    flux[5] = np.nan
+    with pytest.warns(UserWarning, match="1 non-finite"):
+        _, _, weight, n_bad = _prepare_data(gen, wl, flux)
+    np.testing.assert_array_equal(weight, ((wl > lo) & (wl < hi)).astype(float))
+    assert n_bad == 1
+    with pytest.raises(ValueError, match="inside the range the clones were fitted on"):
+        _prepare_data(gen, wl[:900], flux[:900])
+    assert Generator.from_arrays(identity, values, AXES, wl).fitted_range is None

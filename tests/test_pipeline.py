@@ -231,6 +231,8 @@ def test_manifold_covers_the_grid(manifold, clones):
 @pytest.mark.parametrize("interpolation", ["linear", "log"])
 def test_generator_line_parameters_match_the_clones_at_grid_points(manifold, clones, interpolation):
     gen = Generator.from_manifold(manifold, amplitude_interpolation=interpolation)
+    wl = np.asarray(manifold.wavelength)
+    assert gen.fitted_range == pytest.approx((wl[0] + 60.0, wl[-1] - 60.0), abs=1e-9)
     for point in POINTS:
         lines = _clone_at(clones[0], point)
         center, ln_a, ln_s, ln_g, mask = (np.asarray(x) for x in gen.line_parameters(point))
