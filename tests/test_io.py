@@ -29,15 +29,8 @@ from jblase.io import (
 )
 from jblase.linelist import LineList, stack_line_lists
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CLONE_PT = DATA / "blase_clone_T4700_g4.50_Z0.0_prom0.01_HPF.pt"
-HPF_FITS = DATA / "hpf_WASP-69_order_8656-8768A.fits"
-
-
-def _need(path: Path) -> None:
-    if not path.is_file():
-        pytest.skip(f"reference data {path} is absent (../shared/data next to the repository)")
-
+from .conftest import BLASE_CLONE as CLONE_PT
+from .conftest import HPF_FITS, require
 
 # ----------------------------------------------------------------- a tiny torch-format writer
 # Hand-written protocol-2 opcodes, so the tests need neither torch nor a fake torch module.
@@ -109,7 +102,7 @@ def _strided_reference(flat, offset, size, stride):
 
 
 def test_real_clone_reads_without_torch():
-    _need(CLONE_PT)
+    require(CLONE_PT)
     state = read_torch_state_dict(CLONE_PT)
     assert "torch" not in sys.modules
     assert set(state) == {
@@ -141,7 +134,7 @@ def test_real_clone_reads_without_torch():
 
 
 def test_real_clone_as_line_list_and_clone_file_round_trip(tmp_path):
-    _need(CLONE_PT)
+    require(CLONE_PT)
     lines = read_blase_clone(CLONE_PT)
     assert isinstance(lines, LineList)
     assert len(lines) == lines.n_lines == 9028
@@ -357,7 +350,7 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_truncated_real_checkpoint(tmp_path):
-    _need(CLONE_PT)
+    require(CLONE_PT)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(CLONE_PT.read_bytes()[:150_000])
     with pytest.raises(ValueError, match=r"cut\.pt"):
@@ -525,7 +518,7 @@ def test_spectrum_errors(tmp_path):
 
 
 def test_read_real_hpf_spectrum():
-    _need(HPF_FITS)
+    require(HPF_FITS)
     wl, flux, unc = read_spectrum(HPF_FITS)
     assert wl.shape == flux.shape == unc.shape == (2048,)
     assert all(a.dtype == np.float64 for a in (wl, flux, unc))

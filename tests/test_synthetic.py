@@ -12,8 +12,7 @@ from scipy.integrate import trapezoid
 from scipy.signal import find_peaks
 from scipy.special import voigt_profile
 
-from jblase.grids import phoenix
-from jblase.grids.phoenix import WAVELENGTH_FILENAME, phoenix_relpath
+from jblase.grids.phoenix import WAVELENGTH_FILENAME, PhoenixGrid, phoenix_relpath
 from jblase.grids.synthetic import (
     D_MAX,
     SETTINGS_FILENAME,
@@ -317,10 +316,7 @@ def test_overwrite_with_another_model_replaces_every_spectrum(tmp_path, model):
 
 
 def test_phoenix_grid_reads_the_synthetic_grid(grid_dir, model):
-    phoenix_grid = getattr(phoenix, "PhoenixGrid", None)
-    if phoenix_grid is None:
-        pytest.skip("jblase.grids.phoenix.PhoenixGrid is not available yet")
-    grid = phoenix_grid(grid_dir)
+    grid = PhoenixGrid(grid_dir)
     expected = sorted((t, g, z) for t in TEFFS for g in LOGGS for z in FEHS)
     assert [tuple(p) for p in grid.points()] == expected
     np.testing.assert_array_equal(grid.wavelength(), model.wavelength())
