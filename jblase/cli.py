@@ -28,14 +28,19 @@ def _selection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_fetch(args) -> int:
-    from jblase.grids.phoenix import PAPER_SUBSET, GridSelection, download
+    from jblase.grids.phoenix import PAPER_SUBSET, DownloadError, GridSelection, download
 
     selection = GridSelection.from_ranges(
         teff=args.teff, logg=args.logg, feh=args.feh, base=PAPER_SUBSET
     )
     points = selection.points()
     print(f"fetching {len(points)} PHOENIX spectra (+ wavelength file) into {args.out}")
-    paths = download(points, args.out, base_url=args.base_url, progress=not args.quiet)
+    base_url = {} if args.base_url is None else {"base_url": args.base_url}
+    try:
+        paths = download(points, args.out, progress=not args.quiet, **base_url)
+    except DownloadError as err:  # a RuntimeError: main() reports only ValueError and OSError
+        print(f"jblase fetch: error: {err}", file=sys.stderr)
+        return 2
     print(f"done: {len(paths)} files in {args.out}")
     return 0
 

@@ -24,7 +24,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jblase._checks import check_spectrum
-from jblase.detect import active_region, detect_lines
+from jblase.detect import LOSS_BUFFER_AA, active_region, detect_lines
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_WING_CUT,
@@ -47,6 +47,7 @@ __all__ = [
     "clone_lines_many",
     "clone_many",
     "clone_spectrum",
+    "loss_weight",
 ]
 
 OPTIMIZERS = ("adam", "amsgrad")
@@ -218,6 +219,20 @@ _init_optimizer = jax.jit(
 )
 
 
+def loss_weight(wavelength: np.ndarray) -> np.ndarray:
+    """The cloning loss's pixels (the active region, :func:`jblase.detect.active_region`) as a
+    bool mask (n_pix,); ``ValueError`` if the range is too short to hold any."""
+    weight = active_region(wavelength)
+    if not weight.any():
+        wl = np.asarray(wavelength)
+        raise ValueError(
+            f"the spectrum covers {wl[0]:.3f}-{wl[-1]:.3f} A, too short for the cloning loss, "
+            f"which leaves out {LOSS_BUFFER_AA:g} A at each end: use a range wider than "
+            f"{2 * LOSS_BUFFER_AA:g} A"
+        )
+    return weight
+
+
 def _train(
     wavelength: np.ndarray,
     flux: np.ndarray,
@@ -226,7 +241,7 @@ def _train(
     progress: tqdm | None,
 ):
     """Train a batch (axis 0) of padded line lists; return (lines, history, mse0, mse)."""
-    weight = jnp.asarray(active_region(wavelength), jnp.float64)
+    weight = jnp.asarray(loss_weight(wavelength), jnp.float64)
     wl = jnp.asarray(wavelength)
     fl = jnp.asarray(flux)
     params, fixed = _split(lines, settings.tune_centers)

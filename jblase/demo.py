@@ -48,8 +48,22 @@ def demo_axes(quick: bool = False) -> tuple[tuple[float, ...], ...]:
     return synthetic.DEMO_TEFFS, synthetic.DEMO_LOGGS, synthetic.DEMO_FEHS
 
 
-def prepare_manifold(out: str | Path, quick: bool = False, progress: bool = True, timings=None):
+def prepare_manifold(
+    out: str | Path,
+    quick: bool = False,
+    progress: bool = True,
+    timings=None,
+    *,
+    axes=None,
+    model=None,
+    clone_settings=None,
+):
     """Stages 1-3 of the demo (grid, clones, manifold) in ``out``, resuming finished work.
+
+    ``axes`` ((teffs K, loggs dex, fehs dex) tuples), ``model`` (a
+    :class:`~jblase.grids.synthetic.SyntheticGridModel`) and ``clone_settings`` (a
+    :class:`~jblase.clone.CloneSettings`) replace the demo's grid (:func:`demo_axes`), simulator
+    (``SyntheticGridModel()``) and :data:`DEMO_CLONE_SETTINGS`, e.g. for a smaller smoke run.
 
     Returns ``(manifold, model)``: the loaded :class:`~jblase.manifold.Manifold` and the
     :class:`~jblase.grids.synthetic.SyntheticGridModel` that wrote the grid (the truth).
@@ -63,18 +77,19 @@ def prepare_manifold(out: str | Path, quick: bool = False, progress: bool = True
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings = {} if timings is None else timings
-    axes = demo_axes(quick)
+    axes = demo_axes(quick) if axes is None else tuple(tuple(float(v) for v in a) for a in axes)
     n_points = int(np.prod([len(a) for a in axes]))
     t = time.perf_counter()
     _stage(f"1/5 writing the synthetic demo grid: {n_points} spectra")
-    model = synthetic.SyntheticGridModel()
+    model = synthetic.SyntheticGridModel() if model is None else model
     grid_dir = synthetic.write_grid(out / "grid", *axes, model=model, progress=progress)
     timings["grid"] = time.perf_counter() - t
 
     _stage("2/5 cloning every grid spectrum (batched; resumes if interrupted)")
     t = time.perf_counter()
     grid = PhoenixGrid(grid_dir)
-    summary = clone_grid(grid, out / "clones", DEMO_CLONE_SETTINGS, batch_size=8, progress=progress)
+    settings = DEMO_CLONE_SETTINGS if clone_settings is None else clone_settings
+    summary = clone_grid(grid, out / "clones", settings, batch_size=8, progress=progress)
     print(f"   {summary['cloned']} cloned, {summary['done']} already done")
     # Every line gets a fitted value at each grid point next to one where it was detected, so
     # interpolation between grid points has a value at every corner (jblase.complete).
@@ -103,8 +118,25 @@ def prepare_manifold(out: str | Path, quick: bool = False, progress: bool = True
     return manifold, model
 
 
-def run_demo(out: str | Path = "jblase-demo", quick: bool = False, progress: bool = True) -> dict:
-    """Run the demo into ``out``; returns the summary written to ``out/summary.json``."""
+def run_demo(
+    out: str | Path = "jblase-demo",
+    quick: bool = False,
+    progress: bool = True,
+    *,
+    axes=None,
+    model=None,
+    clone_settings=None,
+    n_stars: int | None = None,
+    infer_options: dict | None = None,
+) -> dict:
+    """Run the demo into ``out``; returns the summary written to ``out/summary.json``.
+
+    ``jblase demo`` and ``jblase demo --quick`` set none of the keyword-only arguments, which
+    shrink the demo for smoke runs and tests: ``axes``, ``model``, ``clone_settings`` as in
+    :func:`prepare_manifold`; ``n_stars`` held-out stars (default 8, quick 4);
+    ``infer_options``: further keyword arguments of :func:`jblase.inference.infer` (e.g.
+    ``n_random``, ``n_guided``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,21 +148,30 @@ def run_demo(out: str | Path = "jblase-demo", quick: bool = False, progress: boo
     out = Path(out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    manifold, model = prepare_manifold(out, quick=quick, progress=progress, timings=timings)
+    manifold, model = prepare_manifold(
+        out,
+        quick=quick,
+        progress=progress,
+        timings=timings,
+        axes=axes,
+        model=model,
+        clone_settings=clone_settings,
+    )
 
     generator = Generator.from_manifold(manifold)
     wavelength = np.asarray(generator.wavelength)
 
     _stage("4/5 inferring held-out stars at off-grid parameters")
     t = time.perf_counter()
-    truths = _test_stars(manifold.axes, 4 if quick else 8, seed=1)
+    n_stars = (4 if quick else 8) if n_stars is None else int(n_stars)
+    truths = _test_stars(manifold.axes, n_stars, seed=1)
     rng = np.random.default_rng(2)
     rows = []
     for k, truth in enumerate(truths):
         flux = normalize(wavelength, model.flux(*truth, wavelength=wavelength), truth[0])
         teff_lo, teff_hi = manifold.axes[0][0], manifold.axes[0][-1]
         prior = float(np.clip(truth[0] + rng.uniform(-250, 250), teff_lo, teff_hi))
-        res = infer(generator, wavelength, flux, teff_prior=prior, seed=k)
+        res = infer(generator, wavelength, flux, teff_prior=prior, seed=k, **(infer_options or {}))
         rows.append({"truth": truth.tolist(), "prior": prior, **res.to_dict()})
         print(
             f"   star {k + 1}/{len(truths)}: true ({truth[0]:.0f}, {truth[1]:.2f}, {truth[2]:+.2f})"

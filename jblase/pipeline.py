@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from jblase.clone import CloneSettings, clone_many
+from jblase.clone import CloneSettings, clone_many, loss_weight
 from jblase.grids.base import GridPoint, SpectralGrid
 from jblase.manifold import (
     list_clones,
@@ -58,6 +58,7 @@ def clone_grid(
     points = list(grid.points())
     if not points:
         raise ValueError("the grid selection is empty: no spectra to clone")
+    loss_weight(wavelength)  # a range too short to clone fails before anything is written
     if (clones_dir / "manifest.json").exists():
         manifest = read_clones_manifest(clones_dir)
         stored_settings = CloneSettings.from_dict(manifest.get("settings") or {}).as_dict()

@@ -32,10 +32,23 @@ BLASE_CLONE = SHARED_DATA / "blase_clone_T4700_g4.50_Z0.0_prom0.01_HPF.pt"
 HPF_FITS = SHARED_DATA / "hpf_WASP-69_order_8656-8768A.fits"
 
 
+#: Set to 1 (CI does, in .ci/run) to make a missing reference file fail the tests that need it.
+REQUIRE_DATA_ENV = "JBLASE_REQUIRE_DATA"
+
+
 def require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"reference data {path} is absent (../shared/data next to the repository)")
-    return path
+    """``path`` if it is a file; else skip the test (a user who cloned the project alone), or
+    fail it when ``$JBLASE_REQUIRE_DATA`` is set (anything but empty or ``0``), naming the path."""
+    if path.is_file():
+        return path
+    where = "../shared/data next to the repository"
+    if os.environ.get(REQUIRE_DATA_ENV, "") not in ("", "0"):
+        pytest.fail(
+            f"reference data {path} is absent ({where}) and {REQUIRE_DATA_ENV}="
+            f"{os.environ[REQUIRE_DATA_ENV]} requires it",
+            pytrace=False,
+        )
+    pytest.skip(f"reference data {path} is absent ({where}; {REQUIRE_DATA_ENV}=1 fails instead)")
 
 
 @pytest.fixture(scope="session")

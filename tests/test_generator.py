@@ -188,3 +188,33 @@ def test_bounds_checks(generator):
         generator.check_params([4500.0, 5.0, 0.0])
     with pytest.raises(ValueError, match="teff"):
         generator.check_params([np.nan, 4.2, 0.0])
+
+
+def test_non_finite_pixels_become_one():
+    """A line whose ln sigma overflows exp (float64 exp(800) = inf) makes the pixels of its
+    window NaN in the forward model; the generator returns 1 there. The control is the same
+    manifold with that line benign (strong and broad, so its window is also the whole
+    wing_cut, and both generators share one compiled program): equal outside the window."""
+    identity, values, wl = _random_manifold(n_lines=60, n_pix=6000, seed=2)
+    bad = 30
+    values[bad, ..., 0] = 0.0
+    values[bad, ..., 1] = -1.0  # present everywhere
+    values[bad, ..., 2] = np.log(0.02)
+    values[bad, ..., 3] = np.log(0.5)
+    overflow = values.copy()
+    overflow[bad, ..., 2] = 800.0
+    theta = np.array([4700.0, 4.2, -0.1])
+    benign = Generator.from_arrays(identity, values, AXES, wl, wing_cut=2000)
+    broken = Generator.from_arrays(identity, overflow, AXES, wl, wing_cut=2000)
+    np.testing.assert_array_equal(broken.window_cap, benign.window_cap)
+    reference, flux = np.asarray(benign(theta)), np.asarray(broken(theta))
+    assert np.isfinite(reference).all() and np.isfinite(flux).all()
+    changed = np.flatnonzero(flux != reference)
+    nearest = np.argmin(np.abs(wl - identity[bad]))
+    # One block of the line's window (2000 pixels around its nearest pixel) ...
+    assert changed.min() >= nearest - 1000 and changed.max() <= nearest + 1000
+    assert changed.size > 1500 and np.all(np.diff(changed) == 1)
+    window = slice(changed.min(), changed.max() + 1)
+    # ... where the flux is 1 (the absorption of the other lines there is lost with it).
+    np.testing.assert_array_equal(flux[window], 1.0)
+    assert reference[window].max() < 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -29,15 +30,8 @@ from jblase.io import (
 )
 from jblase.linelist import LineList, stack_line_lists
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CLONE_PT = DATA / "blase_clone_T4700_g4.50_Z0.0_prom0.01_HPF.pt"
-HPF_FITS = DATA / "hpf_WASP-69_order_8656-8768A.fits"
-
-
-def _need(path: Path) -> None:
-    if not path.is_file():
-        pytest.skip(f"reference data {path} is absent (../shared/data next to the repository)")
-
+from .conftest import BLASE_CLONE as CLONE_PT
+from .conftest import HPF_FITS, require
 
 # ----------------------------------------------------------------- a tiny torch-format writer
 # Hand-written protocol-2 opcodes, so the tests need neither torch nor a fake torch module.
@@ -105,13 +99,77 @@ def _strided_reference(flat, offset, size, stride):
     return out
 
 
+# ----------------------------------------------------------------- reading without torch
+
+#: A ``torch`` package that records that it was imported, then refuses to be.
+_FAKE_TORCH = """
+import os, pathlib
+pathlib.Path(os.environ["FAKE_TORCH_MARKER"]).touch()
+raise ImportError("this test's fake torch: jblase must not import torch")
+"""
+
+_READ_WITHOUT_TORCH = """
+import hashlib, json, sys
+from jblase.io import read_torch_state_dict
+out = {"digests": {}}
+for path in sys.argv[1:]:
+    state = read_torch_state_dict(path)
+    out["digests"][path] = {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in state.items()}
+out["torch_loaded"] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+_SMALL_VALUES = np.array([1.25, -3.5, 8068.23])
+
+
+def _digests(state: dict[str, np.ndarray]) -> dict[str, str]:
+    return {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def read_without_torch(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """Read a small torch-format file and, if present, the real clone in one fresh Python
+    whose ``import torch`` finds a fake package first (it records the import, then fails):
+    the reader must work there and never import it. Returns {path: {key: SHA-256}}."""
+    tmp = tmp_path_factory.mktemp("no_torch")
+    pkl = _state_dict({"v": _tensor("DoubleStorage", "0", 3, 0, (3,), (1,))})
+    small = _write_pt(tmp / "v.pt", pkl, {"0": _SMALL_VALUES.astype("<f8").tobytes()})
+    paths = [small] + ([CLONE_PT] if CLONE_PT.is_file() else [])
+    fake = tmp / "fake_site"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text(_FAKE_TORCH)
+    marker = tmp / "torch_was_imported"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "FAKE_TORCH_MARKER": str(marker)}
+    env["PYTHONPATH"] = os.pathsep.join([str(fake), str(repo), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-c", _READ_WITHOUT_TORCH, *map(str, paths)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists(), "the reader imported torch"
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["torch_loaded"] is False
+    # Control: the fake really is what ``import torch`` finds in that environment.
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
+    assert probe.returncode != 0 and marker.exists()
+    return {Path(p).name: d for p, d in out["digests"].items()}
+
+
+def test_torch_format_reads_where_torch_cannot_be_imported(read_without_torch):
+    assert read_without_torch["v.pt"] == {"v": hashlib.sha256(_SMALL_VALUES.tobytes()).hexdigest()}
+
+
 # ----------------------------------------------------------------- the real blase clone
 
 
-def test_real_clone_reads_without_torch():
-    _need(CLONE_PT)
+def test_real_clone_reads_without_torch(read_without_torch):
+    require(CLONE_PT)
     state = read_torch_state_dict(CLONE_PT)
-    assert "torch" not in sys.modules
+    assert read_without_torch[CLONE_PT.name] == _digests(state)
     assert set(state) == {
         "lam_centers",
         "amplitudes",
@@ -141,7 +199,7 @@ def test_real_clone_reads_without_torch():
 
 
 def test_real_clone_as_line_list_and_clone_file_round_trip(tmp_path):
-    _need(CLONE_PT)
+    require(CLONE_PT)
     lines = read_blase_clone(CLONE_PT)
     assert isinstance(lines, LineList)
     assert len(lines) == lines.n_lines == 9028
@@ -357,7 +415,7 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_truncated_real_checkpoint(tmp_path):
-    _need(CLONE_PT)
+    require(CLONE_PT)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(CLONE_PT.read_bytes()[:150_000])
     with pytest.raises(ValueError, match=r"cut\.pt"):
@@ -525,7 +583,7 @@ def test_spectrum_errors(tmp_path):
 
 
 def test_read_real_hpf_spectrum():
-    _need(HPF_FITS)
+    require(HPF_FITS)
     wl, flux, unc = read_spectrum(HPF_FITS)
     assert wl.shape == flux.shape == unc.shape == (2048,)
     assert all(a.dtype == np.float64 for a in (wl, flux, unc))

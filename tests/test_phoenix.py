@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from jblase.cli import main
 from jblase.grids.base import GridPoint
 from jblase.grids.phoenix import (
     LIBRARY,
     PAPER_SUBSET,
+    PHOENIX_BASE_URL,
     WAVELENGTH_FILENAME,
     DownloadError,
     GridFileError,
@@ -309,6 +311,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         data = path.read_bytes()
+        if rel in srv.stall_before_headers:
+            srv.release.wait(30.0)  # accept the request, then say nothing
+            return
         if rel in srv.drop_once:
             # Promise the whole file, send half, hang up.
             srv.drop_once.discard(rel)
@@ -318,6 +323,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if rel in srv.stall_mid_body:
+            # Promise the whole file, send half, then keep the connection open in silence.
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            srv.release.wait(30.0)
             return
         start = 0
         if rng and not srv.ignore_range:
@@ -345,6 +359,9 @@ class _PhoenixServer(ThreadingHTTPServer):
         self.root = root
         self.log: list[tuple[str, str | None]] = []
         self.drop_once: set[str] = set()
+        self.stall_before_headers: set[str] = set()
+        self.stall_mid_body: set[str] = set()
+        self.release = threading.Event()  # ends every stall (set when the test is over)
         self.ignore_range = False
 
     @property
@@ -361,6 +378,7 @@ def server(mirror: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_PhoenixSe
     thread = threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
     thread.join()
@@ -469,3 +487,67 @@ def test_download_rejects_non_fits(server: _PhoenixServer, tmp_path: Path) -> No
         download(WANT[:1], tmp_path, base_url=server.url, retries=0, **FAST)
     assert not (tmp_path / rel).exists()
     assert not (tmp_path / (rel + ".part")).exists()
+
+
+@pytest.mark.parametrize("where", ["stall_before_headers", "stall_mid_body"])
+def test_download_from_a_stalled_server_times_out(
+    server: _PhoenixServer, tmp_path: Path, where: str
+) -> None:
+    """A server that keeps the connection open but sends nothing fails each attempt after
+    ``timeout`` seconds (not never), with an error naming the URL and the timeout."""
+    rel = phoenix_relpath(*WANT[0])
+    getattr(server, where).add(rel)
+    pattern = re.escape(server.url + rel) + r" after 2 attempt\(s\): timed out.* 0\.4 s"
+    with pytest.raises(DownloadError, match=pattern):
+        download(WANT[:1], tmp_path, base_url=server.url, timeout=0.4, retries=1, backoff=0.0)
+    assert [r for r, _ in server.log].count(rel) == 2
+    assert not (tmp_path / rel).exists()
+    if where == "stall_mid_body":  # what arrived is kept for a later call to resume
+        part = tmp_path / (rel + ".part")
+        assert part.stat().st_size == (server.root / rel).stat().st_size // 2
+
+
+def test_fetch_command_downloads_the_selection(
+    server: _PhoenixServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jblase fetch` selects from the paper's grid (here one point) and mirrors it."""
+    out = tmp_path / "fetched"  # (tmp_path / "mirror" is what the server serves)
+    argv = ["fetch", "--out", str(out), "--teff", "5750", "5850", "--logg", "4.5", "4.5"]
+    argv += ["--feh", "0", "0", "--base-url", server.url, "--quiet"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith(
+        f"fetching 1 PHOENIX spectra (+ wavelength file) into {out}"
+    )
+    rels = [WAVELENGTH_FILENAME, phoenix_relpath(5800.0, 4.5, 0.0)]
+    assert sorted(rel for rel, _ in server.log) == sorted(rels)
+    _same_files(server.root, out, rels)
+    assert PhoenixGrid(out).points() == [GridPoint(5800.0, 4.5, 0.0)]
+
+
+def test_fetch_command_reports_a_failed_download(
+    server: _PhoenixServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A point the server lacks (Teff 5700 K is in the paper's grid, not in this mirror):
+    exit status 2 and one line naming the URL, no traceback."""
+    argv = ["fetch", "--out", str(tmp_path), "--teff", "5700", "5700", "--logg", "4.5", "4.5"]
+    argv += ["--feh", "0", "0", "--base-url", server.url, "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    url = url_for(GridPoint(5700.0, 4.5, 0.0), server.url)
+    assert err == f"jblase fetch: error: cannot download {url}: HTTP 404 Not Found\n"
+
+
+def test_fetch_command_defaults_to_the_official_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen = {}
+
+    def fake_download(points, cache_dir, base_url=PHOENIX_BASE_URL, **kwargs):
+        seen.update(points=list(points), base_url=base_url)
+        return []
+
+    monkeypatch.setattr("jblase.grids.phoenix.download", fake_download)
+    argv = ["fetch", "--out", str(tmp_path), "--teff", "5800", "5800", "--logg", "4.5", "4.5"]
+    assert main([*argv, "--quiet"]) == 0
+    assert seen["base_url"] == PHOENIX_BASE_URL
+    assert seen["points"] == [GridPoint(5800.0, 4.5, -0.5), GridPoint(5800.0, 4.5, 0.0)]

@@ -479,11 +479,20 @@ def _fetch_once(
             total = int(length) if length is not None else None
             mode = "wb"
         with open(part, mode) as f:
-            while chunk := resp.read(_CHUNK):
+            # read1: whatever has arrived (up to _CHUNK), so a stalled body keeps what came.
+            while chunk := resp.read1(_CHUNK):
                 f.write(chunk)
     size = part.stat().st_size
     if total is not None and size != total:
         raise _Incomplete(f"got {size} of {total} bytes")
+
+
+def _reason(exc: BaseException | None, timeout: float) -> str:
+    """Why a request failed, in words; a timeout says how long the server sent nothing."""
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(cause, TimeoutError):
+        return f"timed out: the server sent nothing for {timeout:g} s (timeout={timeout:g})"
+    return repr(exc)
 
 
 def _fetch(
@@ -513,7 +522,7 @@ def _fetch(
     else:
         kept = f"; partial data kept in {part}, call again to resume" if part.exists() else ""
         raise DownloadError(
-            f"cannot download {url} after {retries + 1} attempt(s): {last!r}{kept}"
+            f"cannot download {url} after {retries + 1} attempt(s): {_reason(last, timeout)}{kept}"
         ) from last
     try:
         _read_primary(part)
@@ -539,7 +548,9 @@ def download(
     ``NAME.part`` and renamed atomically once its byte count equals Content-Length and it opens
     as FITS; a leftover ``.part`` is resumed with an HTTP Range request. Failed requests are
     retried ``retries`` times, sleeping ``backoff * 2**k`` seconds; then :class:`DownloadError`
-    names the URL and the ``.part`` is kept for the next call. ``timeout`` is per request, in s.
+    names the URL and the ``.part`` is kept for the next call. ``timeout`` (s) bounds each wait
+    for the server (to connect, for the response, for each chunk of the body): a server that
+    stalls fails that attempt after ``timeout`` seconds, and the error says it timed out.
 
     Returns the local paths: the wavelength file first, then one per unique point, in order.
     """
