@@ -24,6 +24,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jblase._checks import check_spectrum
+from jblase._compiled import release_if_crowded
 from jblase.detect import LOSS_BUFFER_AA, active_region, detect_lines
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
@@ -618,6 +619,7 @@ def clone_lines_many(
         for start in range(0, len(order), batch_size):
             idx = list(order[start : start + batch_size])
             filled = idx + [idx[-1]] * (batch_size - len(idx))
+            release_if_crowded()  # a grid's many batch shapes can exhaust the mapping limit
             done = _clone_passes(wl, fluxes[filled], [initial[i] for i in filled], settings)
             for k, i in enumerate(idx):
                 results[i] = done[k]
