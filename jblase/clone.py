@@ -35,6 +35,7 @@ from jblase.forward import (
     window_px,
 )
 from jblase.linelist import LineList, stack_line_lists
+from jblase.profiles import PROFILES
 
 __all__ = [
     "CloneResult",
@@ -69,6 +70,8 @@ class CloneSettings:
     center_scale_aa: float = 0.1
 
     def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.compute_dtype not in ("float32", "float64"):
@@ -338,7 +341,8 @@ def clone_spectrum(
         wing_cut: pixels per line window (6000 in the paper).
         epochs, learning_rate: Adam schedule (100 epochs at 0.05 in the paper).
         tune_centers: also tune line centres.
-        profile: ``"pseudo_voigt"`` (paper eq. 2) or ``"blase"`` (original code's variant).
+        profile: ``"pseudo_voigt"`` (paper eq. 2), ``"blase"`` (original code's variant) or
+            ``"voigt"`` (the exact Voigt profile).
         optimizer: ``"adam"`` or ``"amsgrad"`` (what the original code used).
         compute_dtype: ``"float64"`` or ``"float32"`` profile arithmetic (offsets stay float64).
         flux_tolerance: adaptive line windows within about this of ``wing_cut`` windows
