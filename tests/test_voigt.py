@@ -318,3 +318,33 @@ def test_voigt_clone_and_generator():
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="profile"):
         Generator.from_arrays(center, values, axes, wl, profile="gauss")
+
+
+def test_lr_schedules():
+    """Each schedule runs from learning_rate to 1% of it over the epochs (Adam's step under a
+    constant gradient is the learning rate), and the default is left out of stored settings,
+    so clone files written before the field existed compare equal."""
+    from jblase.clone import LR_SCHEDULES, _make_optimizer
+
+    epochs = 200
+    for schedule in LR_SCHEDULES:
+        settings = CloneSettings(epochs=epochs, learning_rate=0.05, lr_schedule=schedule)
+        optimizer = _make_optimizer(settings)
+        params = jnp.zeros(())
+
+        def step(state, _, optimizer=optimizer, params=params):
+            update, state = optimizer.update(jnp.ones(()), state, params)
+            return state, -update
+
+        steps = np.asarray(jax.lax.scan(step, optimizer.init(params), None, length=epochs)[1])
+        if schedule == "constant":
+            np.testing.assert_allclose(steps, 0.05, rtol=1e-6)
+            continue
+        assert steps.max() == pytest.approx(0.05, rel=1e-3)
+        assert steps[-1] == pytest.approx(5e-4, rel=0.1)
+        assert np.all(np.diff(steps[np.argmax(steps) :]) <= 1e-12)
+        assert settings.as_dict()["lr_schedule"] == schedule
+    old = CloneSettings().as_dict()
+    assert "lr_schedule" not in old and CloneSettings(**old) == CloneSettings()
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        CloneSettings(lr_schedule="step")
