@@ -35,7 +35,7 @@ from jblase.forward import (
     window_px,
 )
 from jblase.linelist import LineList, stack_line_lists
-from jblase.profiles import PROFILES
+from jblase.profiles import get_profile
 
 __all__ = [
     "CloneResult",
@@ -80,8 +80,7 @@ class CloneSettings:
     lr_schedule: str = "constant"
 
     def __post_init__(self):
-        if self.profile not in PROFILES:
-            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        get_profile(self.profile)  # "unknown profile ..." for a bad name
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -35,7 +35,7 @@ from jblase.forward import (
     window_px,
 )
 from jblase.interp import interpolate_batch
-from jblase.profiles import PROFILES
+from jblase.profiles import get_profile
 
 __all__ = [
     "AMPLITUDE_INTERPOLATIONS",
@@ -169,8 +169,7 @@ class Generator(eqx.Module):
             raise ValueError(
                 f"values has shape {self.values.shape}, expected {(*grid, 4, n_lines)}"
             )
-        if self.profile not in PROFILES:
-            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {self.profile!r}")
+        get_profile(self.profile)  # "unknown profile ..." for a bad name
         if self.amplitude_interpolation not in AMPLITUDE_INTERPOLATIONS:
             raise ValueError(
                 f"amplitude_interpolation must be one of {AMPLITUDE_INTERPOLATIONS}, "

@@ -171,7 +171,7 @@ def test_voigt_is_a_selectable_profile_but_no_mixture():
     with pytest.raises(ValueError, match="not a Lorentzian/Gaussian mixture"):
         get_components("voigt")
     assert CloneSettings(profile="voigt").profile == "voigt"
-    with pytest.raises(ValueError, match="profile must be one of"):
+    with pytest.raises(ValueError, match="unknown profile 'gauss'"):
         CloneSettings(profile="gauss")
 
 
