@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from jblase.profiles import PROFILES
+
 __all__ = ["main"]
 
 
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     p.add_argument("--batch", type=int, default=8, help="spectra cloned together in one program")
-    p.add_argument("--profile", default="pseudo_voigt", choices=["pseudo_voigt", "blase"])
+    p.add_argument("--profile", default="pseudo_voigt", choices=sorted(PROFILES))
     p.add_argument("--optimizer", default="adam", choices=["adam", "amsgrad"])
     p.add_argument(
         "--dtype", default="float64", choices=["float64", "float32"], help="profile arithmetic"

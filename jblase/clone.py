@@ -38,6 +38,7 @@ from jblase.forward import (
 )
 from jblase.identity import IDENTITY_KEYS_PER_AA
 from jblase.linelist import LineList, stack_line_lists
+from jblase.profiles import get_profile
 
 __all__ = [
     "CloneResult",
@@ -52,6 +53,10 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "amsgrad")
+#: Learning-rate schedules over a clone's epochs (see :attr:`CloneSettings.lr_schedule`).
+LR_SCHEDULES = ("constant", "cosine", "exponential", "warmup_cosine")
+#: Final learning rate of the decaying schedules, as a fraction of ``learning_rate``.
+_FINAL_LR_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,17 @@ class CloneSettings:
     #: saturated core or a blend poorly, and the lines this adds absorb what it misses.
     residual_rounds: int = 1
     residual_prominence: float = 0.002
+    #: Learning rate over the epochs: ``"constant"`` (the paper's), ``"cosine"`` (cosine
+    #: decay from ``learning_rate`` to 1% of it at the last epoch), ``"exponential"`` (the
+    #: same end points, geometric), ``"warmup_cosine"`` (linear rise from 10% over the first
+    #: 5% of the epochs, then the cosine). Written to clone files only when not
+    #: ``"constant"``, so settings stored before it existed still compare equal.
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
+        get_profile(self.profile)  # "unknown profile ..." for a bad name
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.compute_dtype not in ("float32", "float64"):
@@ -101,7 +115,10 @@ class CloneSettings:
             )
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        settings = dict(self.__dict__)
+        if settings["lr_schedule"] == "constant":
+            del settings["lr_schedule"]
+        return settings
 
     @classmethod
     def from_dict(cls, stored: dict) -> CloneSettings:
@@ -141,8 +158,23 @@ class CloneResult:
         return self.lines.n_lines
 
 
-def _make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    return optax.amsgrad(learning_rate) if name == "amsgrad" else optax.adam(learning_rate)
+def _learning_rate(settings: CloneSettings):
+    """The learning rate (a float) or schedule (epoch -> rate) of ``settings``."""
+    lr, epochs, kind = settings.learning_rate, max(settings.epochs, 1), settings.lr_schedule
+    end = _FINAL_LR_FRACTION * lr
+    if kind == "cosine":
+        return optax.cosine_decay_schedule(lr, epochs, alpha=_FINAL_LR_FRACTION)
+    if kind == "exponential":
+        return optax.exponential_decay(lr, epochs, _FINAL_LR_FRACTION)
+    if kind == "warmup_cosine":
+        warmup = max(1, epochs // 20)
+        return optax.warmup_cosine_decay_schedule(0.1 * lr, lr, warmup, epochs, end)
+    return lr
+
+
+def _make_optimizer(settings: CloneSettings) -> optax.GradientTransformation:
+    lr = _learning_rate(settings)
+    return optax.amsgrad(lr) if settings.optimizer == "amsgrad" else optax.adam(lr)
 
 
 def _segment_length(epochs: int, longest: int = 25) -> int:
@@ -195,7 +227,7 @@ def _run_segment(
     params, opt_state, fixed, wavelength, flux, weight, mask, *, settings, n_steps, max_tiles
 ):
     """``n_steps`` Adam epochs for a batch; returns (params, opt_state, losses (n_batch, n))."""
-    optimizer = _make_optimizer(settings.optimizer, settings.learning_rate)
+    optimizer = _make_optimizer(settings)
 
     def total_loss(p):
         mse = _mse(p, fixed, wavelength, flux, weight, mask, settings, max_tiles)
@@ -215,8 +247,8 @@ _batched_mse = jax.jit(_mse, static_argnames=("settings", "max_tiles"))
 
 
 _init_optimizer = jax.jit(
-    lambda params, name, lr: _make_optimizer(name, lr).init(params),
-    static_argnames=("name", "lr"),
+    lambda params, settings: _make_optimizer(settings).init(params),
+    static_argnames=("settings",),
 )
 
 
@@ -258,7 +290,7 @@ def _train(
     mse0 = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, max_tiles=max_tiles, **kw)
     history = []
     if settings.epochs:
-        opt_state = _init_optimizer(params, settings.optimizer, settings.learning_rate)
+        opt_state = _init_optimizer(params, settings)
         n_steps = _segment_length(settings.epochs)
         for _ in range(settings.epochs // n_steps):
             fixed_w, max_tiles = with_caps(params)
@@ -455,7 +487,8 @@ def clone_spectrum(
         wing_cut: pixels per line window (6000 in the paper).
         epochs, learning_rate: Adam schedule (100 epochs at 0.05 in the paper).
         tune_centers: also tune line centres.
-        profile: ``"pseudo_voigt"`` (paper eq. 2) or ``"blase"`` (original code's variant).
+        profile: ``"pseudo_voigt"`` (paper eq. 2), ``"blase"`` (original code's variant) or
+            ``"voigt"`` (the exact Voigt profile).
         optimizer: ``"adam"`` or ``"amsgrad"`` (what the original code used).
         compute_dtype: ``"float64"`` or ``"float32"`` profile arithmetic (offsets stay float64).
         flux_tolerance: adaptive line windows within about this of ``wing_cut`` windows

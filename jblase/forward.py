@@ -18,6 +18,11 @@ one contiguous scatter-add per tile. Steps past the last tile are skipped, so th
 the lines present and their windows, not the padded array shapes. ``max_tiles`` (static) bounds
 the tiles of one spectrum and so the number of steps.
 
+Profiles (:mod:`jblase.profiles`): the pseudo-Voigt mixtures cost one division and one
+exponential per pixel; the exact Voigt (``"voigt"``) evaluates the Faddeeva function
+(:mod:`jblase.faddeeva`) where a line's absorption may reach 1% or ``|z| < 6.5``, and its
+asymptotic series (one division) in the rest of its window.
+
 Precision: ``lambda - mu`` is formed in float64 (wavelengths near 10,000 A with 0.01 A
 structure); the profile arithmetic runs in ``compute_dtype`` (float64 by default, float32 for
 speed where 1e-6 relative accuracy is enough).
@@ -32,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jblase.faddeeva import ASYMPTOTIC_RADIUS, asymptotic_sum, faddeeva_real
 from jblase.linelist import LineList
 from jblase.profiles import get_components
 
@@ -58,7 +64,8 @@ DEFAULT_FLUX_TOLERANCE = 1e-4
 _LINE_SHARE = 0.05
 #: Each window is evaluated in two streams of tiles. Core tiles hold every pixel where a line's
 #: absorption may reach _SERIES_LIMIT or its Gaussian term _GAUSSIAN_FLOOR; they get the full
-#: profile. Wing tiles, the rest, get the Lorentzian term alone and the series
+#: profile. Wing tiles, the rest, get the Lorentzian term alone (the exact Voigt: its
+#: asymptotic series, and its core also holds every pixel with |z| < 6.5) and the series
 #: ln(1 - a) = -(a + a^2/2 + ... + a^n/n), no exponential and no logarithm. The series'
 #: truncation error relative to ln(1 - a) stays below a^n / (n + 1): 2e-9 (float32, n = 4) and
 #: 1e-17 (float64, n = 8) at the limit; the Gaussian term dropped is below the floor.
@@ -86,6 +93,8 @@ _WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
 _IN_BOUNDS = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
 #: A Python float: a NumPy float64 scalar would promote float32 arithmetic to float64.
 _SQRT_2PI = float(np.sqrt(2.0 * np.pi))
+#: The exact Voigt profile's name; every other profile is a Lorentzian/Gaussian mixture.
+_VOIGT = "voigt"
 
 
 def default_chunk_elements(cpu: int = _ELEMENTS_PER_CHUNK, accelerator: int | None = None) -> int:
@@ -97,13 +106,52 @@ def default_chunk_elements(cpu: int = _ELEMENTS_PER_CHUNK, accelerator: int | No
 
 
 def _line_coefficients(ln_amplitude, ln_sigma, ln_gamma, weight, profile: str, dtype):
-    """Per-line constants so that a V(x) = c_l / (h2 + x^2) + c_g exp(-x^2 k_g)."""
+    """Per-line constants of a V(x).
+
+    Mixtures: ``(c_l, h2, c_g, k_g)`` with a V(x) = c_l / (h2 + x^2) + c_g exp(-x^2 k_g).
+    ``"voigt"``: ``(c, k, y, c_l, g2, s2)`` with a V(x) = c Re w(x k + i y) (c = a / (sigma
+    sqrt(2 pi)), k = 1 / (sigma sqrt 2), y = gamma k) and, for its wings, c_l = a gamma / pi,
+    g2 = gamma^2, s2 = sigma^2 (see :func:`_voigt_wing_absorption`).
+    """
+    if profile == _VOIGT:
+        sigma, gamma = jnp.exp(ln_sigma), jnp.exp(ln_gamma)
+        amplitude = jnp.exp(ln_amplitude) * weight
+        k = (1.0 / np.sqrt(2.0)) / sigma
+        c = amplitude / (_SQRT_2PI * sigma)
+        coefficients = (c, k, gamma * k, amplitude * gamma / np.pi, gamma * gamma, sigma * sigma)
+        return tuple(x.astype(dtype) for x in coefficients)
     eta, hwhm, gauss_sigma = get_components(profile)(jnp.exp(ln_sigma), jnp.exp(ln_gamma))
     amplitude = jnp.exp(ln_amplitude) * weight
     c_l = amplitude * eta * hwhm / np.pi
     c_g = amplitude * (1.0 - eta) / (_SQRT_2PI * gauss_sigma)
     k_g = 0.5 / gauss_sigma**2
     return tuple(c.astype(dtype) for c in (c_l, hwhm * hwhm, c_g, k_g))
+
+
+def _envelope(coefficients, profile: str):
+    """``(c_l, h2, c_g, k_g)`` with a V(x) <= c_l / (h2 + x^2) + c_g exp(-k_g x^2) wherever
+    h2 + x^2 > 0 (the window and core rules use it).
+
+    Mixtures: their own two terms. ``"voigt"``: its Lorentzian wing a gamma / (pi (x^2 - 4
+    sigma^2)) plus its Gaussian core a exp(-x^2 / (2 sigma^2)) / (sigma sqrt(2 pi)); in
+    units of z = (x + i gamma) / (sigma sqrt 2) that is Re w(z) <= y / (sqrt(pi) (Re(z)^2 - 2))
+    + exp(-Re(z)^2), which holds on a dense (x, y) grid against scipy
+    (``tests/test_voigt.py``). The shift by 4 sigma^2 covers the wing's excess over
+    gamma / (pi x^2), a factor 1 + 3 sigma^2 / x^2 + ... .
+    """
+    if profile != _VOIGT:
+        return coefficients
+    c, _, _, c_l, _, s2 = coefficients
+    return c_l, -4.0 * s2, c, 0.5 / s2
+
+
+def _voigt_wing_absorption(x2, c_l, g2, s2):
+    """a V(x) of a Voigt line from its asymptotic series (:mod:`jblase.faddeeva`), in offset
+    units: ``c_l / d * sum_k (2k-1)!! (s2 / d)^k U_2k(x / sqrt(d))``, ``d = x^2 + gamma^2``.
+    Within 1e-7 relative where ``d >= 2 sigma^2 ASYMPTOTIC_RADIUS^2``; one division."""
+    inv = 1.0 / (x2 + g2)
+    # q = 4 x^2 / d - 2, written so that x^2 = inf gives 2, not nan.
+    return c_l * inv * asymptotic_sum(s2 * inv, 2.0 - 4.0 * g2 * inv)
 
 
 def _half_width(c_l, h2, c_g, k_g, tolerance: float):
@@ -124,10 +172,13 @@ def _window_from_half_width(half_aa, pixel_step_aa, tile: int, cap):
     return jnp.minimum(cap, tiles.astype(jnp.int32) * tile)
 
 
-def _core_pixels(wavelength_aa, mu, nearest, pixel_step, coefficients, window):
+def _core_pixels(wavelength_aa, mu, nearest, pixel_step, coefficients, window, min_reach=None):
     """Pixels ``lo ... hi`` (offsets from ``nearest``, within the window) that hold every pixel
     where a line's absorption may reach :data:`_SERIES_LIMIT` or its Gaussian term
     :data:`_GAUSSIAN_FLOOR`: the core stream's; the rest of the window is the wing stream's.
+    ``coefficients``: the envelope (:func:`_envelope`). ``min_reach`` (A, shaped as ``mu``):
+    also every pixel closer than this (where the wing form is not accurate); such lines always
+    have a core.
 
     The reach in pixels comes from the local spacing and is then checked on the wavelengths:
     the first pixel outside it on each side must lie at least ``reach`` A from the centre
@@ -138,9 +189,10 @@ def _core_pixels(wavelength_aa, mu, nearest, pixel_step, coefficients, window):
     c_l, h2, c_g, k_g = coefficients
     floor = jnp.asarray(_GAUSSIAN_FLOOR, c_g.dtype)
     gaussian_reach2 = jnp.log(jnp.maximum(c_g, floor) / floor) / k_g
-    reach = jnp.maximum(
-        _half_width(c_l, h2, c_g, k_g, _SERIES_LIMIT), jnp.sqrt(gaussian_reach2)
-    ).astype(pixel_step.dtype)
+    reach = jnp.maximum(_half_width(c_l, h2, c_g, k_g, _SERIES_LIMIT), jnp.sqrt(gaussian_reach2))
+    if min_reach is not None:
+        reach = jnp.maximum(reach, min_reach)
+    reach = reach.astype(pixel_step.dtype)
     reach_px = jnp.ceil(reach / pixel_step) + 1.0
     reach_px = jnp.where(jnp.isfinite(reach_px), jnp.minimum(reach_px, 2.0**30), 2.0**30)
     off = jnp.minimum(reach_px.astype(jnp.int32), window)
@@ -152,6 +204,8 @@ def _core_pixels(wavelength_aa, mu, nearest, pixel_step, coefficients, window):
     low = -(window // 2)
     lo = jnp.where(checked, jnp.maximum(-off, low), low)
     hi = jnp.where(checked, jnp.minimum(off, low + window - 1), low + window - 1)
+    if min_reach is not None:
+        return lo, hi
     weak = checked & (c_l / h2 + c_g < _SERIES_LIMIT) & (c_g < floor)
     return jnp.where(weak, 1, lo), jnp.where(weak, 0, hi)
 
@@ -349,7 +403,7 @@ def ln_flux(
     # Per-line constants in the profile's dtype: float32 transcendentals are several times
     # cheaper on CPU, and the profile arithmetic rounds them to it anyway.
     inputs = (safe(ln_amplitude, -30.0), safe(ln_sigma, -3.0), safe(ln_gamma, -3.0), mask)
-    c_l, h2, c_g, k_g = _line_coefficients(
+    line_coefficients = _line_coefficients(
         *(x.astype(compute_dtype) for x in inputs), profile, compute_dtype
     )
     mu_fixed = jax.lax.stop_gradient(mu)
@@ -360,18 +414,24 @@ def ln_flux(
     cap = jnp.full(shape, wing_cut, jnp.int32)
     if window_cap is not None:
         cap = jnp.minimum(cap, jnp.broadcast_to(jnp.asarray(window_cap, jnp.int32), shape))
-    coefficients = tuple(jax.lax.stop_gradient(c) for c in (c_l, h2, c_g, k_g))
+    fixed = tuple(jax.lax.stop_gradient(c) for c in line_coefficients)
+    envelope = _envelope(fixed, profile)
     if flux_tolerance is None:
         window = cap
     else:
-        half = _half_width(*coefficients, flux_tolerance * _LINE_SHARE)
+        half = _half_width(*envelope, flux_tolerance * _LINE_SHARE)
         window = _window_from_half_width(half, pixel_step, tile, cap)
+    # The Voigt's wing form (its asymptotic series) holds from |z| = ASYMPTOTIC_RADIUS on.
+    min_reach = None
+    if profile == _VOIGT:
+        min_reach = (ASYMPTOTIC_RADIUS * np.sqrt(2.0)) * jnp.sqrt(fixed[5])
     core_lo, core_hi = _core_pixels(
-        wavelength_aa, mu_fixed, nearest, pixel_step, coefficients, window
+        wavelength_aa, mu_fixed, nearest, pixel_step, envelope, window, min_reach
     )
 
     flat = lambda x: x.reshape(-1)  # noqa: E731
-    window, nearest, c_l, h2, c_g, k_g = (flat(x) for x in (window, nearest, c_l, h2, c_g, k_g))
+    window, nearest = flat(window), flat(nearest)
+    line_coefficients = tuple(flat(x) for x in line_coefficients)
     core_lo, core_hi = flat(core_lo), flat(core_hi)
     n_pairs_max = n_batch * n_lines
     present = flat(mask) & (window > 0)
@@ -404,7 +464,7 @@ def ln_flux(
                 f"padded_wavelength_aa has shape {padded_wl.shape}; expected ({stride},) from "
                 "pad_wavelength(wavelength_aa, wing_cut, tile)"
             )
-    per_pair = (flat(mu), c_l, h2, c_g, k_g)
+    per_pair = (flat(mu), *line_coefficients)
     max_abs = min(MAX_ABSORPTION, 1.0 - 2.0 * float(jnp.finfo(compute_dtype).eps))
     series_order = _SERIES_ORDER[jnp.dtype(compute_dtype).itemsize >= 8]
 
@@ -415,16 +475,36 @@ def ln_flux(
             acc = 1.0 / k + absorption * acc
         return -absorption * acc
 
-    def core(x2, c_l, h2, c_g, k_g):
-        """ln(1 - a V) near a core: the full profile; log(1 - a) is cheaper than log1p on
-        XLA's CPU and exact enough where a >= _SERIES_LIMIT, the series below."""
-        a = jnp.clip(c_l / (h2 + x2) + c_g * jnp.exp(-x2 * k_g), 0.0, max_abs)
+    def ln_transmission(a):
+        """ln(1 - a) of an absorption; log(1 - a) is cheaper than log1p on XLA's CPU and
+        exact enough where a >= _SERIES_LIMIT, the series below."""
+        a = jnp.clip(a, 0.0, max_abs)
         return jnp.where(a < _SERIES_LIMIT, series(a), jnp.log(1.0 - a))
 
-    def wing(x2, c_l, h2, c_g, k_g):
+    def core(x, c_l, h2, c_g, k_g):
+        """ln(1 - a V) near a core: the full profile."""
+        x2 = x * x
+        return ln_transmission(c_l / (h2 + x2) + c_g * jnp.exp(-x2 * k_g))
+
+    def wing(x, c_l, h2, c_g, k_g):
         """ln(1 - a V) in a wing: a < _SERIES_LIMIT and a Gaussian term below
         _GAUSSIAN_FLOOR, so the Lorentzian term and the series."""
+        x2 = x * x
         return series(c_l / (h2 + x2))
+
+    def voigt_core(x, c, k, y, c_l, g2, s2):
+        """ln(1 - a V) near a Voigt core: the Faddeeva function."""
+        return ln_transmission(c * faddeeva_real(x * k, y))
+
+    def voigt_wing(x, c, k, y, c_l, g2, s2):
+        """ln(1 - a V) in a Voigt wing: a < _SERIES_LIMIT and |z| >= ASYMPTOTIC_RADIUS, so
+        the asymptotic series and the log series. The bounds change no wing pixel; they keep
+        the core pixels that a wing tile masks finite (so are their zero gradients)."""
+        x2 = jnp.maximum(x * x, (2.0 * ASYMPTOTIC_RADIUS**2) * s2)
+        return series(jnp.minimum(_voigt_wing_absorption(x2, c_l, g2, s2), _SERIES_LIMIT))
+
+    if profile == _VOIGT:
+        core, wing = voigt_core, voigt_wing
 
     def place_core(pair, f):
         offset = core_lo[pair] + f * core_tile
@@ -493,12 +573,12 @@ def ln_flux(
             valid = valid & (slots < n_tiles)[:, None]
             # Clipping changes no slot that holds a tile; it keeps the unused ones in bounds.
             start = jnp.clip(half_cut + nearest[pair] + offset, 0, stride - width)
-            mu_t, c_l_t, h2_t, c_g_t, k_g_t = (x[pair][:, None] for x in per_pair)
+            mu_t, *coefficients_t = (x[pair][:, None] for x in per_pair)
             wl_tile = jax.lax.gather(
                 padded_wl, start[:, None], _WINDOW_GATHER, (width,), mode=_IN_BOUNDS
             )
             x = (wl_tile - mu_t).astype(compute_dtype)
-            contrib = jnp.where(valid, contribution(x * x, c_l_t, h2_t, c_g_t, k_g_t), 0.0)
+            contrib = jnp.where(valid, contribution(x, *coefficients_t), 0.0)
             target = (pair // n_lines) * stride + start
             return jax.lax.scatter_add(
                 total,
@@ -593,7 +673,8 @@ def required_half_width_aa(ln_amplitude, ln_sigma, ln_gamma, profile: str, toler
     """Distance (A) beyond which one line's absorption a V(x) stays below ``tolerance``.
 
     NumPy, float64, shape as the inputs. Lorentzian wing: c_l / (h^2 + x^2) < tol / 2;
-    Gaussian wing: c_g exp(-k x^2) < tol / 2 (both from the per-line mixture coefficients).
+    Gaussian wing: c_g exp(-k x^2) < tol / 2 (both from the per-line mixture coefficients, or
+    the Voigt's envelope, see :func:`_envelope`).
     """
     coefficients = _line_coefficients(
         jnp.asarray(ln_amplitude, jnp.float64),
@@ -603,7 +684,7 @@ def required_half_width_aa(ln_amplitude, ln_sigma, ln_gamma, profile: str, toler
         profile,
         jnp.float64,
     )
-    return np.asarray(_half_width(*coefficients, tolerance))
+    return np.asarray(_half_width(*_envelope(coefficients, profile), tolerance))
 
 
 def window_px(

@@ -36,6 +36,7 @@ from jblase.forward import (
     window_px,
 )
 from jblase.interp import interpolate_batch
+from jblase.profiles import get_profile
 
 __all__ = [
     "AMPLITUDE_INTERPOLATIONS",
@@ -173,6 +174,7 @@ class Generator(eqx.Module):
             raise ValueError(
                 f"values has shape {self.values.shape}, expected {(*grid, 4, n_lines)}"
             )
+        get_profile(self.profile)  # "unknown profile ..." for a bad name
         if self.amplitude_interpolation not in AMPLITUDE_INTERPOLATIONS:
             raise ValueError(
                 f"amplitude_interpolation must be one of {AMPLITUDE_INTERPOLATIONS}, "

@@ -64,8 +64,8 @@ def test_blase_variant_differs_and_is_selectable():
     x = np.linspace(-0.1, 0.1, 11)
     assert get_profile("blase") is pseudo_voigt_blase
     assert not np.allclose(pseudo_voigt(x, 0.02, 0.02), pseudo_voigt_blase(x, 0.02, 0.02))
-    with pytest.raises(ValueError, match="unknown profile 'voigt'"):
-        get_profile("voigt")
+    with pytest.raises(ValueError, match="unknown profile 'gauss'"):
+        get_profile("gauss")
 
 
 def test_profiles_symmetric_and_decreasing():
