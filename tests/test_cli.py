@@ -35,7 +35,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:only .* continuum maxima:UserWar
 
 GRID_AXES = ["--teff", "5000", "5500", "500", "--logg", "4.0", "4.5", "0.5"]
 GRID_AXES += ["--feh", "-0.5", "0.0", "0.5", "--wl", "8500", "8640"]
-CLONE_ARGS = ["--epochs", "10", "--wing-cut", "1000", "--batch", "8", "--quiet"]
+# One pass (the paper's), so the clones' lines are the detected ones; the residual round
+# itself is tested in tests/test_clone_residual.py.
+CLONE_ARGS = ["--epochs", "10", "--wing-cut", "1000", "--batch", "8", "--residual-rounds", "0"]
+CLONE_ARGS += ["--quiet"]
 N_POINTS = 8
 #: An off-grid star inside the grid: (Teff K, log g dex, [Fe/H] dex).
 STAR = (5250.0, 4.2, -0.2)
@@ -49,13 +52,15 @@ FAST_INFER = ["--n-random", "20", "--n-guided", "2", "--quiet"]
 
 #: Options each command's --help must mention.
 HELP_OPTIONS = {
-    None: ["fetch", "synth-grid", "clone", "build", "reconstruct", "infer", "demo"],
+    None: ["fetch", "synth-grid", "clone", "complete", "build", "reconstruct", "infer", "demo"],
     "fetch": ["--out", "--teff", "--logg", "--feh", "--base-url", "--quiet"],
     "synth-grid": ["--out", "--teff", "--logg", "--feh", "--wl", "--resolution", "--seed"]
     + ["--quick", "--quiet"],
     "clone": ["grid_dir", "--out", "--teff", "--logg", "--feh", "--wl", "--prominence"]
     + ["--wing-cut", "--epochs", "--lr", "--batch", "--profile", "--optimizer", "--dtype"]
-    + ["--fixed-centers", "--quiet"],
+    + ["--fixed-centers", "--residual-rounds", "--residual-prominence", "--quiet"],
+    "complete": ["grid_dir", "clones_dir", "--out", "--epochs", "--start-fraction"]
+    + ["--tolerance-px", "--batch", "--quiet"],
     "build": ["clones_dir", "--out", "--fill-missing", "--quiet"],
     "reconstruct": ["manifold", "--teff", "--logg", "--feh", "--wl", "--out", "--quiet"],
     "infer": ["manifold", "spectrum", "--teff-prior", "--teff-window", "--n-random"]
@@ -172,6 +177,8 @@ CLONE_OPTIONS = [
     (["--fixed-centers"], "tune_centers", False),
     (["--prominence", "0.01"], "prominence", 0.01),
     (["--lr", "0.2"], "learning_rate", 0.2),
+    (["--residual-rounds", "2"], "residual_rounds", 2),
+    (["--residual-prominence", "0.003"], "residual_prominence", 0.003),
 ]
 
 
@@ -187,7 +194,7 @@ def test_clone_options_reach_the_settings(work, monkeypatch, tmp_path, options, 
 
     monkeypatch.setattr("jblase.pipeline.clone_grid", fake_clone_grid)
     ok(["clone", work["grid"], "--out", tmp_path, *OPTION_SELECTION, *CLONE_ARGS, *options])
-    default = CloneSettings(epochs=10, wing_cut=1000)
+    default = CloneSettings(epochs=10, wing_cut=1000, residual_rounds=0)
     assert seen["settings"] == dataclasses.replace(default, **{field: value})
     assert seen["grid"].points() == OPTION_POINTS
     assert seen["grid"].wl_range == (8505.0, 8635.0)
