@@ -214,7 +214,9 @@ def test_clone_selection_crop_and_options(work, tmp_path):
     full = load_model(work["grid"]).wavelength()
     cropped = full[(full >= 8505.0) & (full <= 8635.0)]
     np.testing.assert_array_equal(read_clones_wavelength(root), cropped)
-    wanted = CloneSettings(epochs=10, wing_cut=1000, **{f: v for _, f, v in CLONE_OPTIONS[:4]})
+    wanted = CloneSettings(
+        epochs=10, wing_cut=1000, residual_rounds=0, **{f: v for _, f, v in CLONE_OPTIONS[:4]}
+    )
     assert manifest["settings"] == wanted.as_dict()
     grid = PhoenixGrid(work["grid"], wl_range=(8505.0, 8635.0))
     for point, path in files.items():
@@ -356,7 +358,7 @@ def test_demo_end_to_end_at_a_tiny_size(work, tmp_path, capsys):
         progress=False,
         axes=axes,
         model=model,
-        clone_settings=CloneSettings(epochs=10, wing_cut=1000),
+        clone_settings=CloneSettings(epochs=10, wing_cut=1000, residual_rounds=0),
         n_stars=1,
         infer_options={"n_random": 8, "n_guided": 0, "refine": False},
     )
