@@ -393,32 +393,47 @@ def _clone_passes(
     progress: bool = False,
 ) -> list[CloneResult]:
     """Train one batch of spectra: the first pass, then up to ``settings.residual_rounds``
-    rounds of residual-driven line addition, each a full training pass of every line (the
-    rounds stop early when no spectrum of the batch gains a line)."""
+    rounds of residual-driven line addition, each a full training pass of every line. A
+    spectrum that gains no line in a round stops there (another pass would only restart Adam
+    on converged lines): it may still ride along in the batch, but its result is the one it
+    had, so every spectrum ends exactly as it would alone."""
     n_pass = 1 + settings.residual_rounds
+    n = len(initial)
     bar = tqdm(total=settings.epochs * n_pass, desc="cloning", unit="epoch", disable=not progress)
-    lists, history, mse0 = list(initial), [], None
+    lists, active = list(initial), [True] * n
+    history: list[list[np.ndarray]] = [[] for _ in range(n)]
+    mse0, mse = np.zeros(n), np.zeros(n)
     with bar:
         for k in range(n_pass):
             if k:
                 grown = [
-                    add_residual_lines(wl, f, ll, settings)
-                    for f, ll in zip(fluxes, lists, strict=True)
+                    add_residual_lines(wl, f, ll, settings) if a else ll
+                    for f, ll, a in zip(fluxes, lists, active, strict=True)
                 ]
-                if all(len(g) == len(ll) for g, ll in zip(grown, lists, strict=True)):
+                active = [len(g) > len(ll) for g, ll in zip(grown, lists, strict=True)]
+                if not any(active):
                     bar.update(settings.epochs * (n_pass - k))
-                    break  # nothing left to add: another pass would only restart Adam
+                    break
                 lists = grown
             length = _bucket_length(max(len(ll) for ll in lists) + 1)  # + a masked sentinel
             batch = stack_line_lists(lists, length=length)
-            tuned, losses, first_mse, mse = _train(wl, fluxes, batch, settings, bar)
-            mse0 = first_mse if mse0 is None else mse0
-            history.append(losses)
-            lists = [_unbatch(tuned, i) for i in range(len(lists))]
-    losses = np.concatenate(history, axis=-1)
+            tuned, losses, first_mse, last_mse = _train(wl, fluxes, batch, settings, bar)
+            if k == 0:
+                mse0 = first_mse
+            for i in range(n):
+                if active[i]:
+                    lists[i] = _unbatch(tuned, i)
+                    history[i].append(losses[i])
+                    mse[i] = last_mse[i]
     return [
-        CloneResult(lists[i], float(np.sqrt(mse[i])), float(np.sqrt(mse0[i])), losses[i], settings)
-        for i in range(len(lists))
+        CloneResult(
+            lists[i],
+            float(np.sqrt(mse[i])),
+            float(np.sqrt(mse0[i])),
+            np.concatenate(history[i]) if history[i] else np.zeros(0),
+            settings,
+        )
+        for i in range(n)
     ]
 
 
