@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jblase.faddeeva import ASYMPTOTIC_RADIUS, asymptotic_sum, faddeeva_real
+from jblase.faddeeva import ASYMPTOTIC_RADIUS, asymptotic_voigt, faddeeva_real
 from jblase.linelist import LineList
 from jblase.profiles import get_components
 
@@ -111,7 +111,7 @@ def _line_coefficients(ln_amplitude, ln_sigma, ln_gamma, weight, profile: str, d
     Mixtures: ``(c_l, h2, c_g, k_g)`` with a V(x) = c_l / (h2 + x^2) + c_g exp(-x^2 k_g).
     ``"voigt"``: ``(c, k, y, c_l, g2, s2)`` with a V(x) = c Re w(x k + i y) (c = a / (sigma
     sqrt(2 pi)), k = 1 / (sigma sqrt 2), y = gamma k) and, for its wings, c_l = a gamma / pi,
-    g2 = gamma^2, s2 = sigma^2 (see :func:`_voigt_wing_absorption`).
+    g2 = gamma^2, s2 = sigma^2 (see :func:`jblase.faddeeva.asymptotic_voigt`).
     """
     if profile == _VOIGT:
         sigma, gamma = jnp.exp(ln_sigma), jnp.exp(ln_gamma)
@@ -143,15 +143,6 @@ def _envelope(coefficients, profile: str):
         return coefficients
     c, _, _, c_l, _, s2 = coefficients
     return c_l, -4.0 * s2, c, 0.5 / s2
-
-
-def _voigt_wing_absorption(x2, c_l, g2, s2):
-    """a V(x) of a Voigt line from its asymptotic series (:mod:`jblase.faddeeva`), in offset
-    units: ``c_l / d * sum_k (2k-1)!! (s2 / d)^k U_2k(x / sqrt(d))``, ``d = x^2 + gamma^2``.
-    Within 1e-7 relative where ``d >= 2 sigma^2 ASYMPTOTIC_RADIUS^2``; one division."""
-    inv = 1.0 / (x2 + g2)
-    # q = 4 x^2 / d - 2, written so that x^2 = inf gives 2, not nan.
-    return c_l * inv * asymptotic_sum(s2 * inv, 2.0 - 4.0 * g2 * inv)
 
 
 def _half_width(c_l, h2, c_g, k_g, tolerance: float):
@@ -501,7 +492,7 @@ def ln_flux(
         the asymptotic series and the log series. The bounds change no wing pixel; they keep
         the core pixels that a wing tile masks finite (so are their zero gradients)."""
         x2 = jnp.maximum(x * x, (2.0 * ASYMPTOTIC_RADIUS**2) * s2)
-        return series(jnp.minimum(_voigt_wing_absorption(x2, c_l, g2, s2), _SERIES_LIMIT))
+        return series(jnp.minimum(asymptotic_voigt(x2, c_l, g2, s2), _SERIES_LIMIT))
 
     if profile == _VOIGT:
         core, wing = voigt_core, voigt_wing

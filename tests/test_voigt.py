@@ -8,7 +8,13 @@ import pytest
 from scipy.special import voigt_profile, wofz
 
 from jblase.clone import CloneSettings, clone_spectrum
-from jblase.faddeeva import ASYMPTOTIC_RADIUS, faddeeva, faddeeva_real
+from jblase.faddeeva import (
+    ASYMPTOTIC_RADIUS,
+    ASYMPTOTIC_TERMS,
+    asymptotic_voigt,
+    faddeeva,
+    faddeeva_real,
+)
 from jblase.forward import (
     _envelope,
     _line_coefficients,
@@ -348,3 +354,28 @@ def test_lr_schedules():
     assert "lr_schedule" not in old and CloneSettings(**old) == CloneSettings()
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         CloneSettings(lr_schedule="step")
+
+
+def _plain_series(x2, c_l, g2, s2):
+    """The same series written plainly (U_n by its recurrence in c), for jax.grad."""
+    d = x2 + g2
+    c = jnp.sqrt(x2 / d)
+    u = [jnp.ones_like(c), 2 * c]
+    for _ in range(2 * ASYMPTOTIC_TERMS):
+        u.append(2 * c * u[-1] - u[-2])
+    double_factorial = np.cumprod([1.0] + [2 * k - 1 for k in range(1, ASYMPTOTIC_TERMS)])
+    terms = [double_factorial[k] * (s2 / d) ** k * u[2 * k] for k in range(ASYMPTOTIC_TERMS)]
+    return c_l / d * sum(terms)
+
+
+def test_asymptotic_series_derivatives():
+    """The series' analytic derivatives (custom_jvp) against jax.grad of the plain series in
+    each of its four arguments, from the switch radius out to the far wing."""
+    sigma, gamma = 0.02, 0.01
+    x = ASYMPTOTIC_RADIUS * SQRT2 * sigma * np.array([1.0, 1.5, 3.0, 30.0, 3000.0])
+    args = [x * x, np.full(5, 0.3 * gamma / np.pi), np.full(5, gamma**2), np.full(5, sigma**2)]
+    np.testing.assert_allclose(asymptotic_voigt(*args), _plain_series(*args), rtol=1e-13)
+    for k in range(4):
+        ours = jax.vmap(jax.grad(asymptotic_voigt, argnums=k))(*args)
+        plain = jax.vmap(jax.grad(_plain_series, argnums=k))(*args)
+        np.testing.assert_allclose(ours, plain, rtol=1e-11)
