@@ -56,7 +56,8 @@ from threadpoolctl import threadpool_limits
 
 from jblase import Generator
 from jblase.generator import default_batch_size
-from jblase.inference import SURROGATE_BLAS_THREADS, infer
+from jblase.inference import infer
+from jblase.search import SURROGATE_BLAS_THREADS
 
 #: The paper's inference time per spectrum (Ryzen 9 7950X3D), quoted, not rerun.
 PAPER_SECONDS_INFERENCE = 200.0

@@ -7,13 +7,7 @@ best point with L-BFGS-B on gradients taken through the differentiable generator
 grid. The model is resampled (linearly) onto the data's wavelengths, and only the lines near the
 data's range are evaluated.
 
-``gp_minimize`` settings: with its defaults (``acq_optimizer="lbfgs"`` from 10,000 points with
-five restarts, and a surrogate whose kernel hyperparameters are refitted from three starts at
-every call) the surrogate costs seconds per guided call. jblase fits the kernel from one start
-(``gp_restarts=0``: the fit is redone at each call anyway, on a growing data set) and maximises
-``acq_func="EI"`` by ``acq_optimizer="sampling"`` over ``n_points=2000`` random candidates, a
-dense cover of the 3-D box; the gradient refinement then takes care of the last digits. The
-surrogate's small matrices are factorised with one BLAS thread (:data:`SURROGATE_BLAS_THREADS`).
+The stages and their settings live in :mod:`jblase.search` (shared with :mod:`jblase.fit`).
 
 The search (random and guided phases) runs the generator with float32 profile arithmetic by
 default (``search_dtype``): about 1e-6 in flux, far below any residual a search can tell apart,
@@ -32,19 +26,21 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
-from threadpoolctl import threadpool_limits
 
 from jblase._checks import check_wavelength
 from jblase.generator import Generator, default_batch_size
+from jblase.search import (
+    RefineSettings,
+    SearchSettings,
+    guided_phase,
+    random_phase,
+    refine_in_box,
+    split_settings,
+)
 
-__all__ = ["InferenceResult", "infer", "rms_loss"]
+__all__ = ["InferenceResult", "RefineSettings", "SearchSettings", "infer", "rms_loss"]
 
 PARAM_NAMES = ("teff", "logg", "feh")
-#: BLAS threads for the surrogate: its linear algebra is on ~120 x 120 matrices, where
-#: OpenBLAS's thread start-up costs more than it saves (``benchmarks/inference.py`` reports the
-#: surrogate's seconds).
-SURROGATE_BLAS_THREADS = 1
 
 
 @dataclass
@@ -164,24 +160,60 @@ def _search_bounds(generator: Generator, teff_prior, teff_window) -> np.ndarray:
     return bounds
 
 
+def _restricted_generators(generator: Generator, wl: np.ndarray, search_dtype):
+    """(generator restricted to the data's range, its twin in the search's dtype)."""
+    gen_wl = np.asarray(generator.wavelength)
+    gen = generator.restrict(max(wl[0] - 1.0, gen_wl[0]), min(wl[-1] + 1.0, gen_wl[-1]))
+    if search_dtype is None or search_dtype == gen.compute_dtype:
+        return gen, gen
+    return gen, dataclasses.replace(gen, compute_dtype=search_dtype)
+
+
+def _random_phase(gen: Generator, data, bounds, settings: SearchSettings):
+    batch_size = settings.batch_size or default_batch_size()
+    return random_phase(
+        lambda x: _loss_batch(gen, *data, jnp.asarray(x), batch_size), bounds, settings
+    )
+
+
+def _guided_phase(gen: Generator, data, bounds, x0, y0, settings: SearchSettings):
+    return guided_phase(
+        lambda x: _loss_one(gen, *data, jnp.asarray(x, jnp.float64)), bounds, x0, y0, settings
+    )
+
+
+def _refine(gen: Generator, data, bounds, best, settings: RefineSettings, other_dtype: bool):
+    """L-BFGS-B from the search's best point; ``(x, loss, n_evaluations)``, kept only if better."""
+    span = bounds[:, 1] - bounds[:, 0]
+    span = np.where(span > 0, span, 1.0)
+    lo_j, span_j = jnp.asarray(bounds[:, 0]), jnp.asarray(span)
+
+    def mse_and_grad(u):
+        return _mse_and_grad_unit(gen, *data, lo_j, span_j, jnp.asarray(u))
+
+    def rms_at(x):
+        """RMS loss at x in the generator's own dtype (the refinement's program)."""
+        return float(np.sqrt(mse_and_grad((x - bounds[:, 0]) / span)[0]))
+
+    best_y = rms_at(best.x) if other_dtype else best.loss
+    # The MSE is ~1e-5 at a good fit: scale it to ~1 so L-BFGS-B's tolerances bite.
+    x, n_grad = refine_in_box(mse_and_grad, best.x, bounds, settings, scale=best_y**2)
+    y = rms_at(x)
+    if y < best_y:
+        return x, y, n_grad
+    return best.x, best_y, n_grad
+
+
 def infer(
     generator: Generator,
     wavelength,
     flux,
     teff_prior: float | None = None,
     teff_window: float = 500.0,
-    n_random: int = 100,
-    n_guided: int = 20,
-    refine: bool = True,
-    seed: int = 0,
     *,
-    batch_size: int | None = None,
-    acq_func: str = "EI",
-    acq_optimizer: str = "sampling",
-    n_points: int = 2000,
-    gp_restarts: int = 0,
-    max_refine_iterations: int = 50,
-    search_dtype: str | None = "float32",
+    search: SearchSettings | None = None,
+    refine: RefineSettings | bool | None = None,
+    **options,
 ) -> InferenceResult:
     """Infer (Teff, log g, [Fe/H]) of a normalised spectrum.
 
@@ -192,129 +224,28 @@ def infer(
             (with a warning).
         teff_prior: centre of the Teff search window in K (None: the whole grid).
         teff_window: half-width of the Teff window in K (the paper's +-500 K).
-        n_random: random points, evaluated as one batch and passed to gp_minimize as x0/y0.
-        n_guided: surrogate-guided gp_minimize calls after them.
-        refine: run the gradient refinement (L-BFGS-B through the generator).
-        seed: seeds the random points and gp_minimize.
-        batch_size: spectra per compiled step when evaluating the random points (default
-            :func:`jblase.generator.default_batch_size`: 2 on CPU, 256 on accelerators).
-        acq_func, acq_optimizer, n_points: passed to ``gp_minimize`` (see module docstring).
-        gp_restarts: restarts of the surrogate's kernel-hyperparameter fit at every guided call
-            (scikit-optimize's default is 2; each restart costs a full fit).
-        max_refine_iterations: L-BFGS-B iteration cap.
-        search_dtype: profile arithmetic of the random and guided phases (``"float32"`` or
-            ``"float64"``; None: the generator's own). The refinement and the reported losses
-            always use the generator's ``compute_dtype``.
+        search: the random and guided phases (:class:`jblase.search.SearchSettings`; the
+            paper's 100 random points and 20 guided calls by default).
+        refine: the gradient refinement (:class:`jblase.search.RefineSettings`, or a bool).
+        **options: fields of either settings object by name (``n_random=40``, ``seed=3``,
+            ``refine=False``, ``max_refine_iterations=20``), overriding them.
     """
-    from skopt import gp_minimize
-    from skopt.space import Space
-    from skopt.utils import cook_estimator
-
     t_start = time.perf_counter()
-    if n_random < 1 or n_guided < 0:
-        raise ValueError(f"need n_random >= 1 and n_guided >= 0, got {n_random}, {n_guided}")
+    search, refine = split_settings(search, refine, options)
     wl, fl, weight, n_masked = _prepare_data(generator, wavelength, flux)
     bounds = _search_bounds(generator, teff_prior, teff_window)
-    gen_wl = np.asarray(generator.wavelength)
-    gen = generator.restrict(max(wl[0] - 1.0, gen_wl[0]), min(wl[-1] + 1.0, gen_wl[-1]))
-    search = gen
-    if search_dtype is not None and search_dtype != gen.compute_dtype:
-        if search_dtype not in ("float32", "float64"):
-            raise ValueError(f"search_dtype must be float32, float64 or None, got {search_dtype!r}")
-        search = dataclasses.replace(gen, compute_dtype=search_dtype)
-    wl_j, fl_j, w_j = jnp.asarray(wl), jnp.asarray(fl), jnp.asarray(weight)
+    gen, fast = _restricted_generators(generator, wl, search.search_dtype)
+    data = tuple(jnp.asarray(a) for a in (wl, fl, weight))
 
-    rng = np.random.default_rng(seed)
-    x0 = rng.uniform(bounds[:, 0], bounds[:, 1], size=(n_random, 3))
-    if batch_size is None:
-        batch_size = default_batch_size()
-    y0 = np.asarray(_loss_batch(search, wl_j, fl_j, w_j, jnp.asarray(x0), batch_size))
+    x0, y0 = _random_phase(fast, data, bounds, search)
     t_random = time.perf_counter()
-
-    def objective(x):
-        return float(_loss_one(search, wl_j, fl_j, w_j, jnp.asarray(x, jnp.float64)))
-
-    # A grid axis with one value (or a zero-width window) is held fixed: scikit-optimize
-    # cannot search a zero-width dimension.
-    free = bounds[:, 1] > bounds[:, 0]
-
-    def full(x_free):
-        x = bounds[:, 0].copy()
-        x[free] = x_free
-        return x
-
-    n_evaluations = n_random
-    if n_guided > 0:
-        with (
-            warnings.catch_warnings(),
-            threadpool_limits(limits=SURROGATE_BLAS_THREADS, user_api="blas"),
-        ):
-            warnings.filterwarnings("ignore", message="The objective has been evaluated")
-            dimensions = [tuple(b) for b in bounds[free]]
-            surrogate = cook_estimator(
-                "GP",
-                space=Space(dimensions),
-                random_state=seed,
-                noise="gaussian",
-                n_restarts_optimizer=gp_restarts,
-            )
-            res = gp_minimize(
-                lambda x: objective(full(np.asarray(x, float))),
-                dimensions,
-                base_estimator=surrogate,
-                x0=[list(x) for x in x0[:, free]],
-                y0=[float(y) for y in y0],
-                n_calls=n_guided,
-                n_initial_points=0,
-                acq_func=acq_func,
-                acq_optimizer=acq_optimizer,
-                n_points=n_points,
-                random_state=seed,
-            )
-        best_x, best_y = full(np.asarray(res.x, float)), float(res.fun)
-        n_evaluations += n_guided
-    else:
-        i = int(np.argmin(y0))
-        best_x, best_y = x0[i], float(y0[i])
+    best = _guided_phase(fast, data, bounds, x0, y0, search)
     t_gp = time.perf_counter()
-    gp = dict(zip(PARAM_NAMES, map(float, best_x), strict=True), loss=best_y)
+    gp = dict(zip(PARAM_NAMES, map(float, best.x), strict=True), loss=best.loss)
 
-    final_x, final_y, n_grad = best_x, best_y, 0
-    if refine:
-        # Optimise in unit-box coordinates so the three parameters are on the same scale.
-        span = bounds[:, 1] - bounds[:, 0]
-        span = np.where(span > 0, span, 1.0)
-        lo_j, span_j = jnp.asarray(bounds[:, 0]), jnp.asarray(span)
-
-        def mse_and_grad(u):
-            return _mse_and_grad_unit(gen, wl_j, fl_j, w_j, lo_j, span_j, jnp.asarray(u))
-
-        def rms_at(x):
-            """RMS loss at x in the generator's own dtype (the refinement's program)."""
-            return float(np.sqrt(mse_and_grad((x - bounds[:, 0]) / span)[0]))
-
-        if search is not gen:
-            final_y = best_y = rms_at(best_x)
-        # The MSE is ~1e-5 at a good fit: scale it to ~1 so L-BFGS-B's tolerances bite.
-        scale = max(best_y**2, 1e-300)
-
-        def fun(u):
-            value, grad = mse_and_grad(u)
-            return float(value) / scale, np.asarray(grad, dtype=np.float64) / scale
-
-        opt = scipy.optimize.minimize(
-            fun,
-            (best_x - bounds[:, 0]) / span,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=[(0.0, 1.0) if f else (0.0, 0.0) for f in free],
-            options={"maxiter": max_refine_iterations, "gtol": 1e-9, "ftol": 1e-12},
-        )
-        n_grad = int(opt.nfev)
-        x = bounds[:, 0] + np.clip(opt.x, 0.0, 1.0) * span
-        y = rms_at(x)
-        if y < best_y:
-            final_x, final_y = x, y
+    final_x, final_y, n_grad = best.x, best.loss, 0
+    if refine.enabled:
+        final_x, final_y, n_grad = _refine(gen, data, bounds, best, refine, fast is not gen)
     t_end = time.perf_counter()
     return InferenceResult(
         teff=float(final_x[0]),
@@ -322,7 +253,7 @@ def infer(
         feh=float(final_x[2]),
         loss=float(final_y),
         gp=gp,
-        n_evaluations=n_evaluations,
+        n_evaluations=best.n_evaluations,
         n_gradient_evaluations=n_grad,
         seconds={
             "random": t_random - t_start,

@@ -3,6 +3,7 @@ import pytest
 
 from jblase.generator import Generator
 from jblase.inference import infer
+from jblase.search import RefineSettings, SearchSettings
 
 from .test_generator import AXES, _random_manifold
 
@@ -43,6 +44,29 @@ def test_same_seed_same_answer(generator, star):
     a = infer(generator, wl, flux, n_random=20, n_guided=3, refine=False, seed=4)
     b = infer(generator, wl, flux, n_random=20, n_guided=3, refine=False, seed=4)
     assert a.params.tolist() == b.params.tolist()
+
+
+def test_settings_objects_and_keywords_are_one_interface(generator, star):
+    _, wl, flux = star
+    a = infer(generator, wl, flux, n_random=20, n_guided=0, refine=False, seed=4)
+    b = infer(
+        generator, wl, flux, search=SearchSettings(n_random=20, n_guided=0, seed=4), refine=False
+    )
+    c = infer(
+        generator,
+        wl,
+        flux,
+        search=SearchSettings(n_random=20, n_guided=0, seed=4),
+        refine=RefineSettings(enabled=False),
+    )
+    assert a.params.tolist() == b.params.tolist() == c.params.tolist()
+    assert a.n_evaluations == 20 and a.n_gradient_evaluations == 0
+    with pytest.raises(TypeError, match="n_randm"):
+        infer(generator, wl, flux, n_randm=20)
+    with pytest.raises(ValueError, match="n_random"):
+        SearchSettings(n_random=0)
+    with pytest.raises(ValueError, match="max_iterations"):
+        RefineSettings(max_iterations=0)
 
 
 def test_float32_search_reports_float64_losses(generator, star):
