@@ -1,0 +1,988 @@
+"""Fit an observed spectrum (pipeline step 7): stellar and extrinsic parameters, with errors.
+
+The model of every data pixel is ``continuum(x) * observe(model_flux(teff, logg, feh))``: the
+generator's rest-frame spectrum (or one fixed line list's) goes through the observation model
+(:mod:`jblase.observe`: rotation, instrument, Doppler shift, pixel integration) and a Chebyshev
+continuum per order that is profiled out in closed form (:mod:`jblase.likelihood`). The fit
+runs in named stages:
+
+1. **data** (:func:`prepare_data`): orders, uncertainties, masks (non-finite pixels, telluric
+   intervals, pixels outside the range the clones were fitted on) as zero weights;
+2. **rv scan** (:func:`_rv_scan`): the chi-square on a grid of radial velocities at a starting
+   stellar point: a cross-correlation with the continuum profiled, whose minimum starts RV;
+3. **nuisance** (:func:`_minimise`): RV, v sin i (and R) by L-BFGS at that stellar point;
+4. **search** (:mod:`jblase.search`): the paper's random + GP-guided search over (Teff, log g,
+   [Fe/H]) with the nuisance parameters held at their values;
+5. **joint refinement** (:func:`_minimise`): every free parameter together, by optax's L-BFGS
+   inside one jitted loop, in unconstrained coordinates (grid box -> logistic, v sin i ->
+   softplus, R -> log);
+6. **uncertainties** (:func:`laplace`): the Hessian of the negative log-likelihood by autodiff
+   at the optimum, checked positive definite, inverted, and carried to physical units by the
+   transform's Jacobian; standard errors and correlations.
+
+With a single line list instead of a generator the stellar parameters are fixed and stages 4
+and the stellar part of 5 are skipped. Optional sigma clipping (``robust``) repeats stage 5
+after zeroing the weights of outlying pixels.
+
+Precision: float64 throughout (chi-squares of thousands of pixels, wavelength shifts); the
+generator runs in its own ``compute_dtype`` (the search in ``SearchSettings.search_dtype``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import optax.tree_utils as otu
+
+from jblase.generator import Generator, default_batch_size
+from jblase.likelihood import chi_square, sigma_clip_weight
+from jblase.observe import (
+    ObservationModel,
+    ObservationParameters,
+    ObservationSettings,
+    chebyshev_continuum,
+    log_lambda_grid,
+)
+from jblase.search import (
+    RefineSettings,
+    SearchSettings,
+    guided_phase,
+    random_phase,
+    split_settings,
+)
+from jblase.spectra import ObservedSpectrum
+
+__all__ = [
+    "FitResult",
+    "FitSettings",
+    "PARAMETERS",
+    "fit",
+    "laplace",
+    "model_flux_from_lines",
+    "prepare_data",
+    "read_mask_file",
+]
+
+#: Every parameter a fit may report, in this order.
+PARAMETERS = ("teff", "logg", "feh", "rv_kms", "vsini_kms", "resolving_power")
+_STELLAR = PARAMETERS[:3]
+#: R is fitted as ln(R / _R_UNIT) and v sin i as softplus(u) * _VSINI_UNIT.
+_R_UNIT = 1e4
+_VSINI_UNIT = 1.0
+#: Hessian condition number above which the uncertainties come with a warning.
+ILL_CONDITIONED = 1e12
+
+
+class FitWarning(UserWarning):
+    """Something about a fit a user should know (masked data, ill-conditioning, edges)."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What a :func:`fit` fits and how (every option of ``jblase fit``).
+
+    Attributes:
+        continuum_degree: degree of each order's Chebyshev continuum (profiled out).
+        resolving_power: instrumental R: held fixed at this value unless ``fit_resolution``;
+            None: fitted, starting from :attr:`resolving_power_start`.
+        fit_resolution: fit R (starting from ``resolving_power`` when given).
+        resolving_power_start: R's starting value when ``resolving_power`` is None.
+        vsini_kms: v sin i's starting value (km/s), or its fixed value when not ``fit_vsini``.
+        fit_vsini: fit v sin i.
+        limb_darkening: linear limb-darkening coefficient of the rotation kernel (fixed).
+        rv_kms: RV's starting value (km/s, barycentric); None: from the cross-correlation scan.
+        rv_range_kms, rv_step_kms: the scan's half-range and step (km/s).
+        berv_kms: barycentric correction (km/s, astropy's sign convention; see
+            :mod:`jblase.observe`). None: from the spectrum's header (:func:`header_berv`),
+            else 0 with a warning. Use 0 for data already on barycentric wavelengths.
+        teff_prior, teff_window: centre and half-width (K) of the Teff search box (None: the
+            whole grid).
+        robust: sigma-clip outlying pixels (|residual| > ``clip_sigma`` uncertainties) and
+            refit, up to ``clip_iterations`` times.
+        uncertainties: compute Laplace uncertainties.
+        line_list_resolution: resolving power of the ln-uniform model grid a single line list
+            is synthesised on.
+        max_vsini_kms, min_resolving_power, max_velocity_kms: limits of the observation model's
+            static kernels and margins (:class:`jblase.observe.ObservationSettings`).
+    """
+
+    continuum_degree: int = 2
+    resolving_power: float | None = None
+    fit_resolution: bool = False
+    resolving_power_start: float = 50_000.0
+    vsini_kms: float = 3.0
+    fit_vsini: bool = True
+    limb_darkening: float = 0.6
+    rv_kms: float | None = None
+    rv_range_kms: float = 300.0
+    rv_step_kms: float = 1.0
+    berv_kms: float | None = None
+    teff_prior: float | None = None
+    teff_window: float = 500.0
+    robust: bool = False
+    clip_sigma: float = 5.0
+    clip_iterations: int = 3
+    uncertainties: bool = True
+    line_list_resolution: float = 500_000.0
+    max_vsini_kms: float = 100.0
+    min_resolving_power: float = 15_000.0
+    max_velocity_kms: float = 400.0
+
+    def __post_init__(self):
+        if self.continuum_degree < 0:
+            raise ValueError(f"continuum_degree must be >= 0, got {self.continuum_degree}")
+        if self.resolving_power is not None and not self.resolving_power > 0:
+            raise ValueError(f"resolving_power must be > 0, got {self.resolving_power}")
+        if not 0 <= self.vsini_kms <= self.max_vsini_kms:
+            raise ValueError(
+                f"vsini_kms must lie in [0, max_vsini_kms={self.max_vsini_kms}], "
+                f"got {self.vsini_kms}"
+            )
+        if not 0 <= self.limb_darkening <= 1:
+            raise ValueError(f"limb_darkening must lie in [0, 1], got {self.limb_darkening}")
+        if not (self.rv_step_kms > 0 and self.rv_range_kms > 0):
+            raise ValueError("rv_step_kms and rv_range_kms must be > 0")
+        if not self.clip_sigma > 0:
+            raise ValueError(f"clip_sigma must be > 0, got {self.clip_sigma}")
+
+    @property
+    def fits_resolution(self) -> bool:
+        return self.fit_resolution or self.resolving_power is None
+
+    @property
+    def resolution_start(self) -> float:
+        return self.resolving_power or self.resolving_power_start
+
+    def observation(self) -> ObservationSettings:
+        return ObservationSettings(
+            max_vsini_kms=self.max_vsini_kms,
+            min_resolving_power=self.min_resolving_power,
+            max_velocity_kms=self.max_velocity_kms,
+        )
+
+
+@dataclass
+class FitResult:
+    """A fit's answer.
+
+    Attributes:
+        values: every parameter in :data:`PARAMETERS` (fixed ones at their fixed value).
+        errors: 1-sigma Laplace errors of the fitted parameters (NaN where not computed).
+        fitted: the names of the fitted parameters, in the covariance's order.
+        covariance, correlation: (n_fitted, n_fitted) in physical units.
+        chi2, chi2_reduced, n_pixels: chi-square at the optimum, per degree of freedom, and
+            the pixels in it.
+        berv_kms, berv_source: the barycentric correction used and where it came from.
+        rv_scan_kms: RV at the scan's minimum; gp: the search's best point (or None).
+        continuum: (n_orders, degree + 1) profiled Chebyshev coefficients at the optimum.
+        model: per order, the model flux at every data pixel (continuum included; NaN where
+            the order has no pixel); weight: the final 0/1 weights.
+        n_clipped: pixels removed by sigma clipping.
+        uncertainty_estimated: the data had no uncertainties: they were set to the residual
+            scatter (chi2_reduced is then 1 by construction).
+        seconds: wall time per stage.
+    """
+
+    values: dict
+    errors: dict
+    fitted: tuple
+    covariance: np.ndarray
+    correlation: np.ndarray
+    chi2: float
+    chi2_reduced: float
+    n_pixels: int
+    berv_kms: float
+    berv_source: str
+    rv_scan_kms: float
+    gp: dict | None
+    continuum: np.ndarray
+    model: np.ndarray
+    weight: np.ndarray
+    n_clipped: int = 0
+    uncertainty_estimated: bool = False
+    seconds: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The object ``jblase fit --json`` prints: each parameter with an ``_err`` twin."""
+        out: dict = {}
+        for name in PARAMETERS:
+            if name in _STELLAR and name not in self.fitted:
+                continue
+            out[name] = float(self.values[name])
+            out[f"{name}_err"] = float(self.errors.get(name, float("nan")))
+        out.update(
+            chi2_reduced=float(self.chi2_reduced),
+            n_pixels=int(self.n_pixels),
+            seconds=float(self.seconds.get("total", float("nan"))),
+            berv_kms=float(self.berv_kms),
+            berv_source=self.berv_source,
+            rv_scan_kms=float(self.rv_scan_kms),
+            fitted=list(self.fitted),
+            correlation=np.asarray(self.correlation).tolist(),
+            n_clipped=int(self.n_clipped),
+            uncertainty_estimated=bool(self.uncertainty_estimated),
+        )
+        if self.gp is not None:
+            out["gp"] = self.gp
+        return out
+
+
+# --------------------------------------------------------------------------- stage 1: data
+
+
+@dataclass(frozen=True)
+class FitData:
+    """The data of a fit on the observation model's padded (order, pixel) layout.
+
+    Attributes:
+        observation: the :class:`ObservationModel` planned for these pixels.
+        flux, inv_sigma, weight: (n_orders, n_max) float64; zero weight on masked and padded
+            pixels (whose flux is set to 0 so that nothing non-finite enters a sum).
+        basis: (n_orders, n_max, degree + 1) Chebyshev basis of the continuum.
+        orders: the order labels; uncertainty_estimated: see :class:`FitResult`.
+    """
+
+    observation: ObservationModel
+    flux: np.ndarray
+    inv_sigma: np.ndarray
+    weight: np.ndarray
+    basis: np.ndarray
+    orders: tuple
+    uncertainty_estimated: bool
+
+
+def read_mask_file(path: str | Path) -> np.ndarray:
+    """Wavelength intervals to leave out (telluric bands, bad columns): (n, 2) in A.
+
+    A text file of ``lo hi`` pairs (A, the data's frame), one per line, whitespace or comma
+    separated; ``#`` starts a comment.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            lo, hi = (float(p) for p in parts)
+        except ValueError:
+            raise ValueError(
+                f"{path}:{n}: expected two wavelengths 'lo hi', got {line!r}"
+            ) from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"{path}:{n}: need finite lo < hi, got {lo}, {hi}")
+        rows.append((lo, hi))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def _continuum_basis(observation: ObservationModel, degree: int) -> np.ndarray:
+    eye = jnp.eye(degree + 1)
+    per_order = jax.vmap(
+        lambda centre, span: jax.vmap(lambda c: chebyshev_continuum(centre, c, span))(eye).T
+    )
+    return np.asarray(per_order(observation.pixel_centre, observation.order_range))
+
+
+def _check_uncertainty(unc: np.ndarray, valid: np.ndarray, orders) -> None:
+    bad = valid & ~(np.isfinite(unc) & (unc > 0))
+    if bad.any():
+        rows = {int(orders[i]): int(n) for i, n in enumerate(bad.sum(axis=1)) if n}
+        raise ValueError(
+            f"uncertainties must be finite and > 0 on every valid pixel; bad pixels per order: "
+            f"{rows}"
+        )
+
+
+def prepare_data(
+    spectrum: ObservedSpectrum,
+    model_wavelength_aa,
+    settings: FitSettings,
+    *,
+    fitted_range: tuple[float, float] | None = None,
+    mask_intervals: np.ndarray | None = None,
+) -> FitData:
+    """Stage 1: the padded data arrays and the observation model of ``spectrum``'s orders.
+
+    Pixels of finite wavelength make each order's pixel edges; pixels that are not ``valid``,
+    fall in ``mask_intervals`` (observed frame, A) or outside ``fitted_range`` (rest frame, A,
+    where the clones were fitted) get zero weight. An order left with no pixel is an error
+    naming it; data beyond the model's wavelengths (for the velocities and kernels the settings
+    allow) is an error from :meth:`ObservationModel.build`.
+    """
+    wl_all = np.asarray(spectrum.wavelength, dtype=np.float64)
+    has_wl = np.isfinite(wl_all)
+    valid = np.asarray(spectrum.valid, bool) & has_wl
+    if spectrum.uncertainty is not None:
+        _check_uncertainty(np.asarray(spectrum.uncertainty, float), valid, spectrum.orders)
+    keep_rows, wl_rows = [], []
+    for i in range(spectrum.n_orders):
+        keep = np.flatnonzero(has_wl[i])
+        keep_rows.append(keep)
+        wl_rows.append(wl_all[i, keep])
+    observation = ObservationModel.build(
+        model_wavelength_aa, wl_rows, settings=settings.observation()
+    )
+    n_orders, n_max = observation.mask.shape
+    flux = np.zeros((n_orders, n_max))
+    inv_sigma = np.ones((n_orders, n_max))
+    weight = np.zeros((n_orders, n_max))
+    for i, keep in enumerate(keep_rows):
+        n = keep.size
+        w = valid[i, keep].astype(float)
+        wl = wl_rows[i]
+        if mask_intervals is not None and len(mask_intervals):
+            inside = (wl[:, None] >= mask_intervals[:, 0]) & (wl[:, None] <= mask_intervals[:, 1])
+            w[inside.any(axis=1)] = 0.0
+        if fitted_range is not None:
+            # Rest frame: the shift is at most max_velocity; be generous by that margin only
+            # inside, so a pixel kept is one whose model lines exist.
+            margin = wl * settings.max_velocity_kms / 299_792.458
+            w[(wl - margin < fitted_range[0]) | (wl + margin > fitted_range[1])] = 0.0
+        if not w.any():
+            raise ValueError(
+                f"order {spectrum.orders[i]} has no valid pixel left to fit (non-finite "
+                f"flux, masked intervals or outside the model's fitted range "
+                f"{fitted_range})"
+            )
+        f = np.asarray(spectrum.flux[i, keep], float)
+        flux[i, :n] = np.where(w > 0, f, 0.0)
+        if spectrum.uncertainty is not None:
+            s = np.asarray(spectrum.uncertainty[i, keep], float)
+            inv_sigma[i, :n] = np.where(w > 0, 1.0 / np.where(w > 0, s, 1.0), 1.0)
+        weight[i, :n] = w
+    return FitData(
+        observation=observation,
+        flux=flux,
+        inv_sigma=inv_sigma,
+        weight=weight,
+        basis=_continuum_basis(observation, settings.continuum_degree),
+        orders=tuple(spectrum.orders),
+        uncertainty_estimated=spectrum.uncertainty is None,
+    )
+
+
+# --------------------------------------------------------------------------- the problem
+
+
+class _Layout(eqx.Module):
+    """Which parameters are free, their fixed values and the stellar box (all static)."""
+
+    free: tuple = eqx.field(static=True)
+    fixed: tuple = eqx.field(static=True)  # ((name, value), ...)
+    box: tuple = eqx.field(static=True)  # ((lo, hi),) * 3 for teff, logg, feh
+
+    def to_physical(self, u) -> dict:
+        """Unconstrained vector (n_free,) -> every parameter (jnp scalars)."""
+        out = {k: jnp.asarray(v, dtype=float) for k, v in self.fixed}
+        for i, name in enumerate(self.free):
+            out[name] = _forward(name, u[i], self.box)
+        return out
+
+    def to_unconstrained(self, values: dict) -> np.ndarray:
+        return np.array([_inverse(n, float(values[n]), self.box) for n in self.free])
+
+
+def _forward(name, u, box):
+    if name in _STELLAR:
+        lo, hi = box[_STELLAR.index(name)]
+        return lo + (hi - lo) * jax.nn.sigmoid(u)
+    if name == "vsini_kms":
+        return _VSINI_UNIT * jax.nn.softplus(u)
+    if name == "resolving_power":
+        return _R_UNIT * jnp.exp(u)
+    return u  # rv_kms
+
+
+def _inverse(name, x, box) -> float:
+    if name in _STELLAR:
+        lo, hi = box[_STELLAR.index(name)]
+        p = np.clip((x - lo) / (hi - lo), 1e-9, 1 - 1e-9)
+        return float(np.log(p / (1 - p)))
+    if name == "vsini_kms":
+        y = max(x / _VSINI_UNIT, 1e-9)
+        return float(y + np.log(-np.expm1(-y)))  # softplus^-1
+    if name == "resolving_power":
+        return float(np.log(x / _R_UNIT))
+    return float(x)
+
+
+class _Problem(eqx.Module):
+    """Everything the objective needs, as one pytree (data arrays traced, layout static)."""
+
+    generator: Generator | None
+    fixed_flux: jax.Array | None
+    observation: ObservationModel
+    flux: jax.Array
+    inv_sigma: jax.Array
+    weight: jax.Array
+    basis: jax.Array
+    berv_kms: jax.Array
+    epsilon: jax.Array
+    layout: _Layout
+    uncertainty_estimated: bool = eqx.field(static=True, default=False)
+
+    def model_flux(self, stellar):
+        if self.generator is None:
+            return self.fixed_flux
+        return self.generator(stellar)
+
+    def observed(self, model_flux, p: dict):
+        params = ObservationParameters(
+            rv_kms=p["rv_kms"],
+            vsini_kms=p["vsini_kms"],
+            resolving_power=p["resolving_power"],
+            continuum=jnp.ones((1,)),
+            epsilon=self.epsilon,
+        )
+        return _observe_traced(self.observation, model_flux, params, self.berv_kms)
+
+    def chi2_of(self, model_flux, p: dict, weight=None):
+        """Total chi-square (continuum profiled per order) and z = residual / sigma."""
+        weight = self.weight if weight is None else weight
+        observed = self.observed(model_flux, p)
+        chi2, z = jax.vmap(chi_square)(observed, self.flux, self.inv_sigma, weight, self.basis)
+        return jnp.sum(chi2), z
+
+    def chi2(self, u, weight=None):
+        p = self.layout.to_physical(u)
+        stellar = jnp.stack([p[k] for k in _STELLAR])
+        return self.chi2_of(self.model_flux(stellar), p, weight)[0]
+
+
+def _observe_traced(observation: ObservationModel, model_flux, params, berv):
+    # The model's own __call__ checks concrete inputs; under jit everything is traced.
+    return observation(model_flux, params, berv)
+
+
+@eqx.filter_jit
+def _chi2_value(problem: _Problem, u, weight):
+    return problem.chi2(u, weight)
+
+
+@eqx.filter_jit
+def _chi2_at_stellar(problem: _Problem, stellar, nuisance: dict, weight):
+    return problem.chi2_of(problem.model_flux(stellar), nuisance, weight)[0]
+
+
+@eqx.filter_jit
+def _chi2_of_models(problem: _Problem, models, nuisance: dict, weight):
+    return jax.vmap(lambda m: problem.chi2_of(m, nuisance, weight)[0])(models)
+
+
+@eqx.filter_jit
+def _chi2_over_rv(problem: _Problem, model_flux, rvs, nuisance: dict, weight):
+    def one(rv):
+        return problem.chi2_of(model_flux, {**nuisance, "rv_kms": rv}, weight)[0]
+
+    return jax.lax.map(one, rvs)
+
+
+@eqx.filter_jit
+def _residuals(problem: _Problem, u, weight):
+    """(model incl. continuum (n_orders, n_max), z, continuum coefficients) at u."""
+    from jblase.likelihood import profile_continuum
+
+    p = problem.layout.to_physical(u)
+    stellar = jnp.stack([p[k] for k in _STELLAR])
+    observed = problem.observed(problem.model_flux(stellar), p)
+    coeffs, continuum = jax.vmap(profile_continuum)(
+        observed, problem.flux, problem.inv_sigma, weight, problem.basis
+    )
+    model = continuum * observed
+    z = (problem.flux - model) * problem.inv_sigma * weight
+    return model, z, coeffs
+
+
+@eqx.filter_jit
+def _minimise(problem: _Problem, u0, weight, scale, max_iterations: int, tolerance: float):
+    """optax L-BFGS on chi2 / scale from u0 inside one ``while_loop``; (u, iterations)."""
+
+    def fun(u):
+        return problem.chi2(u, weight) / scale
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        u, state = carry
+        value, grad = value_and_grad(u, state=state)
+        updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(u, updates), state
+
+    def going(carry):
+        _, state = carry
+        count = otu.tree_get(state, "count")
+        grad = otu.tree_get(state, "grad")
+        return (count == 0) | ((count < max_iterations) & (otu.tree_l2_norm(grad) >= tolerance))
+
+    u, state = jax.lax.while_loop(going, step, (u0, opt.init(u0)))
+    return u, otu.tree_get(state, "count")
+
+
+@eqx.filter_jit
+def _hessian(problem: _Problem, u, weight):
+    """Hessian of the negative log-likelihood 0.5 chi2 in unconstrained coordinates."""
+    return jax.hessian(lambda v: 0.5 * problem.chi2(v, weight))(u)
+
+
+@eqx.filter_jit
+def _jacobian(problem: _Problem, u):
+    """d(physical free parameters)/du, (n_free, n_free) (diagonal)."""
+    layout = problem.layout
+    return jax.jacfwd(lambda v: jnp.stack([layout.to_physical(v)[n] for n in layout.free]))(u)
+
+
+# --------------------------------------------------------------------------- stage 6
+
+
+def laplace(hessian: np.ndarray, jacobian: np.ndarray, names) -> dict:
+    """Covariance, errors and correlations from the NLL Hessian in unconstrained coordinates.
+
+    ``hessian`` (n, n) of the negative log-likelihood; ``jacobian`` (n, n) of the physical
+    parameters with respect to the unconstrained ones. A Hessian that is not positive definite
+    gives NaN errors and a warning; one whose condition number exceeds
+    :data:`ILL_CONDITIONED` gives a warning (some combination is barely constrained).
+    Returns ``{"covariance", "correlation", "errors" (name -> error), "condition"}``.
+    """
+    h = 0.5 * (np.asarray(hessian, float) + np.asarray(hessian, float).T)
+    n = h.shape[0]
+    nan = np.full((n, n), np.nan)
+    if n == 0:
+        return {"covariance": nan, "correlation": nan, "errors": {}, "condition": 1.0}
+    if not np.all(np.isfinite(h)):
+        warnings.warn("the Hessian has non-finite entries; no uncertainties", FitWarning, 3)
+        return {
+            "covariance": nan,
+            "correlation": nan,
+            "errors": dict.fromkeys(names, np.nan),
+            "condition": np.inf,
+        }
+    # Scale to unit diagonal before testing, so the condition number is about correlations.
+    d = np.sqrt(np.abs(np.diag(h)))
+    d = np.where(d > 0, d, 1.0)
+    eig = np.linalg.eigvalsh(h / np.outer(d, d))
+    if eig[0] <= 0:
+        warnings.warn(
+            f"the Hessian is not positive definite at the optimum (smallest scaled eigenvalue "
+            f"{eig[0]:.3g}): the fit is not at a minimum in every direction, or a parameter is "
+            "unconstrained; no uncertainties",
+            FitWarning,
+            3,
+        )
+        return {
+            "covariance": nan,
+            "correlation": nan,
+            "errors": dict.fromkeys(names, np.nan),
+            "condition": np.inf,
+        }
+    condition = float(eig[-1] / eig[0])
+    if condition > ILL_CONDITIONED:
+        warnings.warn(
+            f"the Hessian is ill-conditioned (condition number {condition:.3g}); the "
+            "uncertainties of strongly correlated parameters are unreliable",
+            FitWarning,
+            3,
+        )
+    cov_u = np.linalg.inv(h / np.outer(d, d)) / np.outer(d, d)
+    j = np.asarray(jacobian, float)
+    cov = j @ cov_u @ j.T
+    err = np.sqrt(np.clip(np.diag(cov), 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.outer(err, err)
+    return {
+        "covariance": cov,
+        "correlation": corr,
+        "errors": dict(zip(names, map(float, err), strict=True)),
+        "condition": condition,
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def header_berv(header) -> tuple[float, str] | None:
+    """The barycentric correction recorded in (or computed from) a header: (km/s, source).
+
+    Recorded keywords first: ``BERV`` (km/s), ``HIERARCH ESO DRS BERV`` (km/s), ``BRVCORR``
+    (m/s, the HPF pipeline's). Otherwise :func:`jblase.observe.berv_from_header` (astropy,
+    from the observatory, the target's position and the time). None when neither works.
+    """
+    if not header:
+        return None
+    for key, scale in (("BERV", 1.0), ("ESO DRS BERV", 1.0), ("BRVCORR", 1e-3)):
+        if key in header:
+            try:
+                return float(header[key]) * scale, f"header {key}"
+            except (TypeError, ValueError):
+                continue
+    try:
+        from jblase.observe import berv_from_header
+
+        return float(berv_from_header(header)), "astropy (header location, target, time)"
+    except Exception:  # noqa: BLE001 -- any failure means "not computable from this header"
+        return None
+
+
+def _berv(settings: FitSettings, spectrum: ObservedSpectrum) -> tuple[float, str]:
+    if settings.berv_kms is not None:
+        return float(settings.berv_kms), "given"
+    found = header_berv(spectrum.header)
+    if found is not None:
+        return found
+    warnings.warn(
+        "no barycentric correction given and none in the header: berv_kms = 0 (the RV is "
+        "then relative to the data's wavelength frame)",
+        FitWarning,
+        3,
+    )
+    return 0.0, "none (0)"
+
+
+def model_flux_from_lines(lines, wavelength_aa, *, profile: str, wing_cut: int):
+    """One line list's rest-frame flux on ``wavelength_aa`` (the fixed model of a lines fit)."""
+    from jblase.forward import synthesize_lines
+
+    return synthesize_lines(wavelength_aa, lines, profile=profile, wing_cut=wing_cut)
+
+
+def _line_list_grid(spectrum: ObservedSpectrum, settings: FitSettings) -> np.ndarray:
+    """An ln-uniform model grid covering the data for every velocity and kernel allowed."""
+    wl = np.asarray(spectrum.wavelength)[np.asarray(spectrum.valid)]
+    lo, hi = float(np.nanmin(wl)), float(np.nanmax(wl))
+    reach = (settings.max_velocity_kms + 2 * settings.max_vsini_kms) / 299_792.458 + 0.002
+    step = 1.0 / settings.line_list_resolution
+    return log_lambda_grid(lo * (1 - reach), hi * (1 + reach), step)
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+def fit(
+    model,
+    spectrum: ObservedSpectrum,
+    settings: FitSettings | None = None,
+    *,
+    search: SearchSettings | None = None,
+    refine: RefineSettings | bool | None = None,
+    mask_intervals: np.ndarray | None = None,
+    **options,
+) -> FitResult:
+    """Fit an observed spectrum.
+
+    Args:
+        model: a :class:`jblase.generator.Generator` (stellar and extrinsic parameters are
+            fitted) or a tuple ``(wavelength_aa, rest_flux)`` of one fixed model spectrum
+            (extrinsic parameters and continuum only; see :func:`model_flux_from_lines`).
+        spectrum: the data (:func:`jblase.spectra.read_observed`).
+        settings: :class:`FitSettings`.
+        search, refine: the stellar search and the refinements
+            (:class:`jblase.search.SearchSettings`, :class:`jblase.search.RefineSettings`).
+        mask_intervals: (n, 2) wavelength intervals (A, observed frame) to leave out.
+        **options: fields of :class:`FitSettings` or of the search settings, by name.
+    """
+    t0 = time.perf_counter()
+    settings, search, refine = _split_options(settings, search, refine, options)
+    seconds: dict = {}
+    problem, values, (berv, berv_source) = _setup(model, spectrum, settings, mask_intervals)
+    seconds["data"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if settings.rv_kms is None:
+        values["rv_kms"] = _rv_scan(problem, values, settings)
+    rv_scan = values["rv_kms"]
+    seconds["rv_scan"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    weight = problem.weight
+    nuisance = tuple(n for n in problem.layout.free if n not in _STELLAR)
+    values = _optimise(problem, values, nuisance, refine, weight)
+    seconds["nuisance"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    gp = None
+    if problem.generator is not None:
+        best = _stellar_search(problem, values, search, weight)
+        values.update(zip(_STELLAR, map(float, best.x), strict=True))
+        gp = {**dict(zip(_STELLAR, map(float, best.x), strict=True)), "chi2": best.loss}
+    seconds["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    n_clipped = 0
+    if refine.enabled:
+        values = _optimise(problem, values, problem.layout.free, refine, weight)
+    if settings.robust:
+        for _ in range(settings.clip_iterations):
+            _, z, _ = _residuals(problem, _u(problem, values), weight)
+            clipped = sigma_clip_weight(z, weight, settings.clip_sigma)
+            newly = int(jnp.sum(weight) - jnp.sum(clipped))
+            if newly == 0:
+                break
+            n_clipped += newly
+            weight = clipped
+            values = _optimise(problem, values, problem.layout.free, refine, weight)
+    seconds["refine"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if problem.uncertainty_estimated:
+        problem = _with_estimated_noise(problem, values, weight)
+    result = _assemble(problem, values, weight, settings, (berv, berv_source), rv_scan, gp)
+    result.n_clipped = n_clipped
+    seconds["uncertainties"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    result.seconds = seconds
+    return result
+
+
+def _split_options(settings, search, refine, options):
+    fit_fields = {f.name for f in dataclasses.fields(FitSettings)}
+    settings = dataclasses.replace(
+        settings or FitSettings(), **{k: v for k, v in options.items() if k in fit_fields}
+    )
+    search, refine = split_settings(
+        search, refine, {k: v for k, v in options.items() if k not in fit_fields}
+    )
+    return settings, search, refine
+
+
+def _u(problem: _Problem, values: dict) -> jax.Array:
+    return jnp.asarray(problem.layout.to_unconstrained(values))
+
+
+def _reach(settings: FitSettings) -> float:
+    """Relative wavelength margin a data pixel needs in the model (velocities and kernels)."""
+    return (settings.max_velocity_kms + 2 * settings.max_vsini_kms) / 299_792.458 + 0.002
+
+
+def _data_range(spectrum: ObservedSpectrum) -> tuple[float, float]:
+    wl = np.asarray(spectrum.wavelength)[
+        np.asarray(spectrum.valid) & np.isfinite(spectrum.wavelength)
+    ]
+    if wl.size == 0:
+        raise ValueError(f"{spectrum.source or 'the spectrum'} has no valid pixel")
+    return float(wl.min()), float(wl.max())
+
+
+def _restrict(generator: Generator, spectrum: ObservedSpectrum, settings) -> Generator:
+    lo, hi = _data_range(spectrum)
+    reach = _reach(settings)
+    gen_wl = np.asarray(generator.wavelength)
+    return generator.restrict(max(lo * (1 - reach), gen_wl[0]), min(hi * (1 + reach), gen_wl[-1]))
+
+
+def _stellar_box(gen: Generator, settings: FitSettings) -> np.ndarray:
+    from jblase.inference import _search_bounds
+
+    return _search_bounds(gen, settings.teff_prior, settings.teff_window)
+
+
+def _setup(model, spectrum, settings: FitSettings, mask_intervals):
+    """Stage 1 and the problem: data arrays, free parameters, starting values."""
+    berv = _berv(settings, spectrum)
+    if isinstance(model, Generator):
+        gen, fixed_flux = _restrict(model, spectrum, settings), None
+        model_wl, fitted_range = np.asarray(gen.wavelength), model.fitted_range
+        box = _stellar_box(gen, settings)
+    else:
+        model_wl, flux = (np.asarray(a, float) for a in model)
+        if model_wl.shape != flux.shape:
+            raise ValueError(f"model wavelength {model_wl.shape} and flux {flux.shape} differ")
+        gen, fixed_flux, fitted_range = None, jnp.asarray(flux), None
+        box = np.zeros((3, 2))
+    data = prepare_data(
+        spectrum, model_wl, settings, fitted_range=fitted_range, mask_intervals=mask_intervals
+    )
+    values = dict(zip(_STELLAR, box.mean(axis=1) if gen is not None else [np.nan] * 3, strict=True))
+    values.update(
+        rv_kms=0.0 if settings.rv_kms is None else float(settings.rv_kms),
+        vsini_kms=float(settings.vsini_kms),
+        resolving_power=float(settings.resolution_start),
+    )
+    free = [n for n, (lo, hi) in zip(_STELLAR, box, strict=True) if hi > lo]
+    free += ["rv_kms"] + ["vsini_kms"] * settings.fit_vsini
+    free += ["resolving_power"] * settings.fits_resolution
+    layout = _Layout(
+        free=tuple(free),
+        fixed=tuple((n, float(values[n])) for n in PARAMETERS if n not in free),
+        box=tuple(map(tuple, np.asarray(box, float).tolist())),
+    )
+    problem = _Problem(
+        generator=gen,
+        fixed_flux=fixed_flux,
+        observation=data.observation,
+        flux=jnp.asarray(data.flux),
+        inv_sigma=jnp.asarray(data.inv_sigma),
+        weight=jnp.asarray(data.weight),
+        basis=jnp.asarray(data.basis),
+        berv_kms=jnp.asarray(berv[0], dtype=float),
+        epsilon=jnp.asarray(settings.limb_darkening, dtype=float),
+        layout=layout,
+        uncertainty_estimated=data.uncertainty_estimated,
+    )
+    return problem, values, berv
+
+
+def _nuisance(values: dict) -> dict:
+    return {k: jnp.asarray(values[k], dtype=float) for k in PARAMETERS[3:]}
+
+
+def _stellar(values: dict) -> jax.Array:
+    return jnp.asarray([values[k] for k in _STELLAR], dtype=float)
+
+
+def _rv_scan(problem: _Problem, values: dict, settings: FitSettings) -> float:
+    """Stage 2: RV at the minimum of the chi-square over a grid of velocities.
+
+    The velocity range is clipped to what the observation model allows. A parabola through
+    the minimum and its neighbours gives a sub-step start.
+    """
+    limit = settings.max_velocity_kms - abs(float(problem.berv_kms)) - settings.rv_step_kms
+    half = min(settings.rv_range_kms, max(limit, settings.rv_step_kms))
+    rvs = np.arange(-half, half + 0.5 * settings.rv_step_kms, settings.rv_step_kms)
+    stellar = _stellar(values) if problem.generator is not None else None
+    flux = problem.model_flux(stellar)
+    chi2 = np.asarray(
+        _chi2_over_rv(problem, flux, jnp.asarray(rvs), _nuisance(values), problem.weight)
+    )
+    if not np.isfinite(chi2).any():
+        raise ValueError("the chi-square is non-finite at every RV of the scan")
+    i = int(np.nanargmin(chi2))
+    if 0 < i < rvs.size - 1:
+        y0, y1, y2 = chi2[i - 1 : i + 2]
+        den = y0 - 2 * y1 + y2
+        if den > 0:
+            return float(rvs[i] + 0.5 * settings.rv_step_kms * (y0 - y2) / den)
+    return float(rvs[i])
+
+
+def _sub_problem(problem: _Problem, values: dict, names) -> _Problem:
+    """The problem with only ``names`` free and everything else fixed at ``values``."""
+    layout = _Layout(
+        free=tuple(names),
+        fixed=tuple((n, float(values[n])) for n in PARAMETERS if n not in names),
+        box=problem.layout.box,
+    )
+    return eqx.tree_at(lambda p: p.layout, problem, layout)
+
+
+def _optimise(problem: _Problem, values: dict, names, refine: RefineSettings, weight) -> dict:
+    """Stages 3 and 5: L-BFGS over ``names`` from ``values``; kept only where chi2 improves."""
+    if not names:
+        return values
+    sub = _sub_problem(problem, values, names)
+    u0 = _u(sub, values)
+    start = float(_chi2_value(sub, u0, weight))
+    scale = max(float(jnp.sum(weight)), 1.0)
+    u, _ = _minimise(sub, u0, weight, scale, 2 * refine.max_iterations, 1e-7)
+    end = float(_chi2_value(sub, u, weight))
+    if not (np.isfinite(end) and end <= start):
+        return values
+    physical = sub.layout.to_physical(u)
+    return {**values, **{n: float(physical[n]) for n in names}}
+
+
+def _stellar_search(problem: _Problem, values: dict, search: SearchSettings, weight):
+    """Stage 4: the random and guided phases over (Teff, log g, [Fe/H]), chi2 per pixel."""
+    gen = problem.generator
+    box = np.asarray(problem.layout.box, float)
+    fast = problem
+    if search.search_dtype is not None and search.search_dtype != gen.compute_dtype:
+        fast = eqx.tree_at(
+            lambda p: p.generator,
+            problem,
+            dataclasses.replace(gen, compute_dtype=search.search_dtype),
+        )
+    nuisance = _nuisance(values)
+    n = max(float(jnp.sum(weight)), 1.0)
+    batch_size = search.batch_size or default_batch_size()
+
+    def batch_loss(x):
+        models = fast.generator.batch(jnp.asarray(x), batch_size)
+        return np.asarray(_chi2_of_models(fast, models, nuisance, weight)) / n
+
+    def loss(x):
+        return float(_chi2_at_stellar(fast, jnp.asarray(x, float), nuisance, weight)) / n
+
+    x0, y0 = random_phase(batch_loss, box, search)
+    return guided_phase(loss, box, x0, y0, search)
+
+
+def _with_estimated_noise(problem: _Problem, values: dict, weight) -> _Problem:
+    """Unit uncertainties replaced by the residual scatter (chi2_reduced becomes 1)."""
+    chi2 = float(_chi2_value(problem, _u(problem, values), weight))
+    dof = max(
+        float(jnp.sum(weight))
+        - len(problem.layout.free)
+        - problem.basis.shape[0] * problem.basis.shape[-1],
+        1.0,
+    )
+    sigma = math.sqrt(chi2 / dof)
+    warnings.warn(
+        f"the spectrum has no uncertainties: they are set to the residual scatter "
+        f"({sigma:.4g} in flux units), so chi2_reduced is 1 by construction",
+        FitWarning,
+        3,
+    )
+    return eqx.tree_at(lambda p: p.inv_sigma, problem, problem.inv_sigma / sigma)
+
+
+def _assemble(problem, values, weight, settings, berv, rv_scan, gp) -> FitResult:
+    """Stage 6 and the result: chi-square, Laplace uncertainties, model, continuum."""
+    u = _u(problem, values)
+    model, z, coeffs = _residuals(problem, u, weight)
+    chi2 = float(jnp.sum(z * z))
+    n_pix = int(jnp.sum(weight))
+    n_par = len(problem.layout.free) + int(np.prod(coeffs.shape))
+    names = problem.layout.free
+    if settings.uncertainties:
+        stats = laplace(
+            np.asarray(_hessian(problem, u, weight)), np.asarray(_jacobian(problem, u)), names
+        )
+    else:
+        nan = np.full((len(names), len(names)), np.nan)
+        stats = {"covariance": nan, "correlation": nan, "errors": dict.fromkeys(names, np.nan)}
+    _warn_at_edges(problem, values)
+    model = np.where(np.asarray(problem.observation.mask), np.asarray(model), np.nan)
+    return FitResult(
+        values={k: float(values[k]) for k in PARAMETERS},
+        errors={k: float(stats["errors"].get(k, np.nan)) for k in PARAMETERS},
+        fitted=tuple(names),
+        covariance=stats["covariance"],
+        correlation=stats["correlation"],
+        chi2=chi2,
+        chi2_reduced=chi2 / max(n_pix - n_par, 1),
+        n_pixels=n_pix,
+        berv_kms=float(berv[0]),
+        berv_source=berv[1],
+        rv_scan_kms=float(rv_scan),
+        gp=gp,
+        continuum=np.asarray(coeffs),
+        model=model,
+        weight=np.asarray(weight),
+        uncertainty_estimated=problem.uncertainty_estimated,
+    )
+
+
+def _warn_at_edges(problem: _Problem, values: dict) -> None:
+    for name, (lo, hi) in zip(_STELLAR, problem.layout.box, strict=True):
+        if name in problem.layout.free and hi > lo:
+            x = (values[name] - lo) / (hi - lo)
+            if x < 1e-3 or x > 1 - 1e-3:
+                warnings.warn(
+                    f"{name} = {values[name]:.4g} is at the edge of the search box "
+                    f"[{lo:g}, {hi:g}]: its uncertainty is not meaningful",
+                    FitWarning,
+                    4,
+                )
