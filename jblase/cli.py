@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -136,17 +137,48 @@ def _cmd_complete(args) -> int:
     return 0
 
 
+_BLASE_ONLY = ("wavelength", "wl", "table", "wing_cut")
+
+
 def _cmd_build(args) -> int:
+    from jblase.blase_archive import (
+        BLASE_WING_CUT,
+        build_blase_manifold,
+        is_blase_source,
+        read_wavelength_file,
+    )
     from jblase.manifold import build_manifold, directory_size
 
-    manifold = build_manifold(
-        args.clones_dir, fill_missing=args.fill_missing, progress=not args.quiet
-    )
+    source = args.clones_dir
+    if is_blase_source(source):
+        if args.wavelength is None:
+            raise ValueError(
+                f"{source} holds original-code .pt clones, which do not store the wavelengths "
+                "they were fitted on; pass --wavelength (e.g. the PHOENIX "
+                "WAVE_PHOENIX-ACES-AGSS-COND-2011.fits, cropped with --wl to the clones' band)"
+            )
+        manifold = build_blase_manifold(
+            source,
+            read_wavelength_file(args.wavelength, tuple(args.wl) if args.wl else None),
+            table=args.table,
+            wing_cut=args.wing_cut or BLASE_WING_CUT,
+            fill_missing=args.fill_missing,
+            progress=not args.quiet,
+        )
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in _BLASE_ONLY if getattr(args, n) is not None]
+        if given:
+            raise ValueError(
+                f"{' '.join(given)} apply only to original-code .pt clones (a directory or "
+                f".zip of them); {source} is a jblase clones directory"
+            )
+        manifold = build_manifold(source, fill_missing=args.fill_missing, progress=not args.quiet)
     manifold.save(args.out)
     size = Path(args.out).stat().st_size
+    source_size = directory_size(source) if source.is_dir() else source.stat().st_size
     print(
         f"manifold: {manifold.n_lines} lines x {manifold.shape} grid -> {args.out} "
-        f"({size / 1e6:.2f} MB; clones {directory_size(args.clones_dir) / 1e6:.2f} MB)"
+        f"({size / 1e6:.2f} MB; clones {source_size / 1e6:.2f} MB)"
     )
     return 0
 
@@ -304,10 +336,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="spectra refitted together")
     p.set_defaults(func=_cmd_complete)
 
-    p = sub.add_parser("build", help="build the dense line manifold from a clones directory")
-    p.add_argument("clones_dir", type=Path)
+    p = sub.add_parser(
+        "build",
+        help="build the dense line manifold from a clones directory, or from the original "
+        "code's .pt clones (a directory or .zip of them, e.g. the paper's Zenodo archive)",
+    )
+    p.add_argument(
+        "clones_dir",
+        type=Path,
+        help="a jblase clones directory, or a directory or .zip of original-code .pt clones "
+        "named T{teff}G{logg}Z{feh}.pt (others via --table)",
+    )
     p.add_argument("--out", required=True, type=Path, help="manifold file (.npz)")
     p.add_argument("--fill-missing", action="store_true", help="allow holes in the grid")
+    p.add_argument(
+        "--wavelength",
+        type=Path,
+        default=None,
+        help=".pt clones: the wavelengths (A) they were fitted on, which they do not store: "
+        "the PHOENIX WAVE_...fits, a .npy or a spectrum file (its wavelength column)",
+    )
+    _range(p, "--wl", ".pt clones: crop of --wavelength in A (the paper's: 8038 12849)")
+    p.add_argument(
+        "--table",
+        type=Path,
+        default=None,
+        help=".pt clones: CSV with columns file,teff,logg,feh giving the grid point of files "
+        "named otherwise",
+    )
+    p.add_argument(
+        "--wing-cut",
+        type=int,
+        default=None,
+        help=".pt clones: pixels per line window they were tuned with (default 6000, the paper's)",
+    )
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("reconstruct", help="generate a spectrum at any (Teff, log g, [Fe/H])")
@@ -383,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, pickle.UnpicklingError) as err:  # the last: an unsafe .pt
         print(f"jblase {args.command}: error: {err}", file=sys.stderr)
         return 2
 

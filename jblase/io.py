@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike
 from jblase.linelist import LineList
 
 __all__ = [
+    "BLASE_IDENTITY_KEY",
     "CLONE_FORMAT",
     "CLONE_FORMAT_VERSION",
     "SPECTRUM_SUFFIXES",
@@ -59,6 +60,9 @@ _BLASE_KEYS = {
     "ln_sigma": "sigma_widths",
     "ln_gamma": "gamma_widths",
 }
+#: The state-dict key of the paper's pre-optimisation line centres (vacuum A), the lines'
+#: identities; clones made before it was stored lack it.
+BLASE_IDENTITY_KEY = "pre_line_centers"
 # Errors that reading a damaged file can raise from zipfile, zlib, numpy or astropy.
 _READ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
 
@@ -282,7 +286,9 @@ def _find_prefix(archive: zipfile.ZipFile, source: Path) -> str:
     return pkls[0].split("/")[0]
 
 
-def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_torch_state_dict(
+    path: str | os.PathLike, *, fileobj: BinaryIO | None = None
+) -> dict[str, np.ndarray]:
     """Read a PyTorch zip-format state dict (``torch.save(model.state_dict())``) without torch.
 
     Tensors become NumPy arrays with their stored dtype (bfloat16 becomes float32), shape and
@@ -290,11 +296,15 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     (ordered) dicts are rebuilt: any other global in the pickle raises :class:`UnsafePickleError`
     before it is called. A file that is not such an archive, or whose records are missing or
     short, raises ``ValueError`` naming the file.
+
+    ``fileobj``, a seekable binary file (e.g. a member of a zip of clones read into
+    ``io.BytesIO``), is read instead of opening ``path``, which then only names it in errors.
     """
     path = Path(path)
-    _require_file(path)
+    if fileobj is None:
+        _require_file(path)
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(path if fileobj is None else fileobj)
     except (zipfile.BadZipFile, OSError) as err:
         raise ValueError(f"{path}: not a PyTorch zip checkpoint ({err})") from err
     with archive:
@@ -328,19 +338,26 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def line_list_from_blase(state_dict: Mapping[str, ArrayLike]) -> LineList:
     """Build a :class:`LineList` from a PyTorch ``blase`` clone's state dict.
 
-    Uses ``lam_centers`` (vacuum A) as the centres, ``amplitudes`` (ln a), ``sigma_widths``
-    (ln sigma, A) and ``gamma_widths`` (ln gamma, A), all shape (n_lines,), as float64;
-    identity centres are the centres rounded to 0.01 A. Other keys (radial velocity, continuum
-    coefficients) are ignored. Missing keys or unequal shapes raise ``ValueError``.
+    Uses ``lam_centers`` (tuned, vacuum A) as the centres, ``amplitudes`` (ln a),
+    ``sigma_widths`` (ln sigma, A) and ``gamma_widths`` (ln gamma, A), all shape (n_lines,), as
+    float64. The identity centres are, as in the paper, the pre-optimisation centres
+    ``pre_line_centers`` rounded to 0.01 A; older clones lack that key, and their identities
+    are the tuned centres rounded to 0.01 A instead (see :data:`BLASE_IDENTITY_KEY`). Other keys
+    (radial velocity, continuum coefficients) are ignored. Missing keys or unequal shapes raise
+    ``ValueError``.
     """
     missing = [k for k in _BLASE_KEYS.values() if k not in state_dict]
     if missing:
         raise ValueError(f"blase state dict lacks {missing}; it has {sorted(state_dict)}")
-    arrays = {f: np.asarray(state_dict[k], dtype=np.float64) for f, k in _BLASE_KEYS.items()}
-    shapes = {_BLASE_KEYS[f]: a.shape for f, a in arrays.items()}
+    keys = dict(_BLASE_KEYS)
+    if BLASE_IDENTITY_KEY in state_dict:
+        keys["identity_center"] = BLASE_IDENTITY_KEY
+    arrays = {f: np.asarray(state_dict[k], dtype=np.float64) for f, k in keys.items()}
+    shapes = {keys[f]: a.shape for f, a in arrays.items()}
     if len(set(shapes.values())) != 1 or arrays["center"].ndim != 1:
         raise ValueError(f"blase line arrays must be 1-D and the same shape, got {shapes}")
-    return LineList(identity_center=np.round(arrays["center"], 2), **arrays)
+    identity = arrays.pop("identity_center", arrays["center"])
+    return LineList(identity_center=np.round(identity, 2), **arrays)
 
 
 def read_blase_clone(path: str | os.PathLike) -> LineList:

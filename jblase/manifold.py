@@ -2,13 +2,14 @@
 """Line manifolds (pipeline step 4): every cloned line, as a dense tensor over the grid.
 
 Sits between cloning and the generator. A clone directory holds one line list per grid point
-(:func:`write_clone`, :func:`write_clones_manifest`); :func:`build_manifold` identifies lines
-across the grid by their identity centre (0.01 A), and lays each line's (mu' - identity, ln a,
-ln sigma, ln gamma) out on the grid's own (Teff, log g, [Fe/H]) axes. Where a grid point lacks
-a line its ln a is -1000 (the line vanishes a hair away from where it was detected) and its
-other three parameters are copied from the nearest grid point that has it, so everything stays
-finite and interpolates smoothly. A :class:`Manifold` saves to and loads from one compressed,
-digest-checked ``.npz`` file.
+(:func:`write_clone`, :func:`write_clones_manifest`); :func:`build_manifold` (or, for line
+lists in memory, :func:`manifold_from_line_lists`) identifies lines across the grid by their
+identity centre (0.01 A), and lays each line's (mu' - identity, ln a, ln sigma, ln gamma) out
+on the grid's own (Teff, log g, [Fe/H]) axes. Where a grid point lacks a line its ln a is -1000
+(the line vanishes a hair away from where it was detected) and its other three parameters are
+copied from the nearest grid point that has it, so everything stays finite and interpolates
+smoothly. A :class:`Manifold` saves to and loads from one compressed, digest-checked ``.npz``
+file.
 
 Clone directory layout::
 
@@ -59,6 +60,7 @@ __all__ = [
     "directory_size",
     "is_clone_complete",
     "list_clones",
+    "manifold_from_line_lists",
     "read_clones_manifest",
     "read_clones_wavelength",
     "write_clone",
@@ -268,7 +270,8 @@ class Manifold(eqx.Module):
         axes: three strictly increasing float64 arrays: Teff (K), log g (dex), [Fe/H] (dex).
         wavelength: float64 (n_pix,): vacuum wavelengths (A) the clones were fitted on.
         rms: float32 (n_teff, n_logg, n_feh): each clone's RMS residual; NaN where the grid
-            point had no clone (``build_manifold(fill_missing=True)``).
+            point had no clone (``build_manifold(fill_missing=True)``) or its clone recorded
+            none (the original code's ``.pt`` clones).
         settings_json: the clone settings as a JSON string (static); see :attr:`settings`.
     """
 
@@ -589,6 +592,26 @@ def _fill_absent(params: np.ndarray, present: np.ndarray, shape, progress: bool)
         params[s : s + chunk] = block
 
 
+def _line_entries(lines: LineList, where: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(identity keys int64 (n,), values float64 (n, 4), n_duplicates) of one line list.
+
+    Values are (centre [A], ln a, ln sigma, ln gamma); of lines sharing an identity key, the
+    one with the largest ln a is kept (ties: the first).
+    """
+    lines = lines.compact()
+    ident = np.asarray(lines.identity_center)
+    values = np.stack([np.asarray(getattr(lines, f)) for f in ("center", *PARAMETERS[1:])], axis=-1)
+    bad = ~np.isfinite(values).all(axis=-1) | ~np.isfinite(ident)
+    if bad.any():
+        raise ValueError(f"{where}: {int(bad.sum())} lines with non-finite parameters")
+    keys = np.rint(ident * IDENTITY_KEYS_PER_AA).astype(np.int64)
+    order = np.lexsort((-values[:, 1], keys))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = keys[order][1:] != keys[order][:-1]
+    keep = order[first]
+    return keys[keep], values[keep], int((~first).sum())
+
+
 def _read_clone(path: Path, label_point: GridPoint, settings: dict):
     """(point, rms, identity keys int64 (n,), values float64 (n, 4), n_duplicates) of one file."""
     lines, metadata = load_line_list(path)
@@ -602,19 +625,8 @@ def _read_clone(path: Path, label_point: GridPoint, settings: dict):
     )
     if point.label() != path.stem:
         raise ValueError(f"{path}: metadata say grid point {tuple(point)}, not {path.stem}")
-    ident = np.asarray(lines.identity_center)
-    values = np.stack([np.asarray(getattr(lines, f)) for f in ("center", *PARAMETERS[1:])], axis=-1)
-    bad = ~np.isfinite(values).all(axis=-1) | ~np.isfinite(ident)
-    if bad.any():
-        raise ValueError(f"{path}: {int(bad.sum())} lines with non-finite parameters")
-    keys = np.rint(ident * IDENTITY_KEYS_PER_AA).astype(np.int64)
-    # Keep, per identity, the line with the largest ln a (ties: the first in the file).
-    order = np.lexsort((-values[:, 1], keys))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = keys[order][1:] != keys[order][:-1]
-    keep = order[first]
     rms = float(metadata.get("rms", np.nan))
-    return point, rms, keys[keep], values[keep], int((~first).sum())
+    return point, rms, *_line_entries(lines, str(path))
 
 
 def build_manifold(
@@ -649,21 +661,60 @@ def build_manifold(
             f"{clones_dir}: no clone files (named like {GridPoint(5000, 4.5, 0).label()}.npz)"
         )
     settings = manifest["settings"]
+    clones = [
+        _read_clone(path, label_point, settings)
+        for label_point, path in tqdm(
+            files.items(), desc="reading clones", unit="file", disable=not progress
+        )
+    ]
+    return _assemble(clones, wavelength, settings, fill_missing, progress, str(clones_dir))
 
+
+def manifold_from_line_lists(
+    line_lists: Mapping[GridPoint, LineList],
+    wavelength: ArrayLike,
+    settings: Mapping[str, Any],
+    *,
+    rms: Mapping[GridPoint, float] | None = None,
+    fill_missing: bool = False,
+    progress: bool = True,
+    source: str = "line lists",
+) -> Manifold:
+    """Build a manifold from line lists held in memory, one per grid point.
+
+    The full-control twin of :func:`build_manifold` (which reads them from a clone directory):
+    identities, duplicates, axes and missing points are handled exactly as there.
+
+    Args:
+        line_lists: (Teff K, log g dex, [Fe/H] dex) -> that grid point's lines.
+        wavelength: float64 (n_pix,), vacuum A: the wavelengths the lines were fitted on.
+        settings: the clone settings (JSON); the generator takes ``wing_cut`` and ``profile``
+            from them.
+        rms: each clone's RMS residual (normalised flux); NaN where not given.
+        fill_missing, progress: as :func:`build_manifold`.
+        source: what the lists came from, named in errors and warnings.
+    """
+    if not line_lists:
+        raise ValueError(f"{source}: no line lists")
+    wavelength = check_wavelength(wavelength)
+    rms = dict(rms or {})
     clones = []
-    n_duplicates = n_dup_files = 0
-    for label_point, path in tqdm(
-        files.items(), desc="reading clones", unit="file", disable=not progress
-    ):
-        clone = _read_clone(path, label_point, settings)
-        clones.append(clone)
-        n_duplicates += clone[4]
-        n_dup_files += clone[4] > 0
+    for point, lines in line_lists.items():
+        point = GridPoint(*(float(v) for v in point))
+        where = f"{source} at {tuple(point)}"
+        clones.append((point, float(rms.get(point, np.nan)), *_line_entries(lines, where)))
+    return _assemble(clones, wavelength, dict(settings), fill_missing, progress, source)
+
+
+def _assemble(clones, wavelength, settings, fill_missing, progress, source) -> Manifold:
+    """The manifold of ``clones``, a list of :func:`_read_clone` tuples."""
+    n_duplicates = sum(c[4] for c in clones)
     if n_duplicates:
+        n_dup_files = sum(c[4] > 0 for c in clones)
         warnings.warn(
-            f"{clones_dir}: {n_duplicates} duplicate line identities in {n_dup_files} clone "
+            f"{source}: {n_duplicates} duplicate line identities in {n_dup_files} clone "
             "files; kept the line with the larger ln_amplitude of each",
-            stacklevel=2,
+            stacklevel=3,
         )
 
     axes = tuple(np.unique([c[0][d] for c in clones]) for d in range(3))
@@ -681,15 +732,15 @@ def build_manifold(
         if not fill_missing:
             more = f" and {missing.size - 10} more" if missing.size > 10 else ""
             raise ValueError(
-                f"{clones_dir}: the clones do not fill the {shape[0]} x {shape[1]} x {shape[2]} "
+                f"{source}: the clones do not fill the {shape[0]} x {shape[1]} x {shape[2]} "
                 f"grid of their own axes; {missing.size} of {math.prod(shape)} points missing: "
                 f"{', '.join(names[:10])}{more} (build_manifold(fill_missing=True) treats them "
                 "as points where every line is absent)"
             )
         warnings.warn(
-            f"{clones_dir}: {missing.size} of {math.prod(shape)} grid points have no clone "
+            f"{source}: {missing.size} of {math.prod(shape)} grid points have no clone "
             f"(e.g. {names[0]}); every line is treated as absent there",
-            stacklevel=2,
+            stacklevel=3,
         )
 
     keys = np.unique(np.concatenate([c[2] for c in clones]))

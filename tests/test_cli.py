@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import pytest
 
+from jblase.blase_archive import build_blase_manifold
 from jblase.cli import compile_cache_dir, main
 from jblase.clone import CloneSettings
 from jblase.demo import run_demo
@@ -28,8 +29,20 @@ from jblase.grids.base import GridPoint
 from jblase.grids.phoenix import PhoenixGrid
 from jblase.grids.synthetic import load_model
 from jblase.io import load_line_list, read_spectrum, write_spectrum
-from jblase.manifold import Manifold, list_clones, read_clones_manifest, read_clones_wavelength
+from jblase.manifold import (
+    Manifold,
+    list_clones,
+    read_clones_manifest,
+    read_clones_wavelength,
+    write_clones_manifest,
+)
 from jblase.preprocess import normalize
+
+from .test_blase_archive import _clones as _blase_clones
+from .test_blase_archive import _name as _blase_name
+from .test_blase_archive import _wavelength as _blase_wavelength
+from .test_blase_archive import _write_dir as _write_blase_dir
+from .torch_format import op_global, op_str, write_pt
 
 pytestmark = pytest.mark.filterwarnings("ignore:only .* continuum maxima:UserWarning")
 
@@ -61,7 +74,8 @@ HELP_OPTIONS = {
     + ["--fixed-centers", "--residual-rounds", "--residual-prominence", "--quiet"],
     "complete": ["grid_dir", "clones_dir", "--out", "--epochs", "--start-fraction"]
     + ["--tolerance-px", "--batch", "--quiet"],
-    "build": ["clones_dir", "--out", "--fill-missing", "--quiet"],
+    "build": ["clones_dir", "--out", "--fill-missing", "--wavelength", "--wl", "--table"]
+    + ["--wing-cut", "--quiet"],
     "reconstruct": ["manifold", "--teff", "--logg", "--feh", "--wl", "--out", "--quiet"],
     "infer": ["manifold", "spectrum", "--teff-prior", "--teff-window", "--n-random"]
     + ["--n-guided", "--no-refine", "--seed", "--json", "--quiet"],
@@ -448,6 +462,77 @@ def test_clone_of_an_empty_selection(work, tmp_path):
 
 def test_build_of_a_directory_without_clones(tmp_path):
     fails(["build", tmp_path, "--out", tmp_path / "m.npz"], str(tmp_path), "no clone manifest")
+
+
+def test_build_from_original_pt_clones_directory_and_zip(tmp_path):
+    """`jblase build` of a directory and of a zip of .pt clones (one named otherwise, given
+    by --table) writes the manifold build_blase_manifold makes; tests/test_blase_archive.py
+    checks that its generator reproduces each clone."""
+    clones = _blase_clones()
+    pt_dir = tmp_path / "pt"
+    _write_blase_dir(pt_dir, clones)
+    odd = next(iter(clones))
+    (pt_dir / _blase_name(odd)).rename(pt_dir / "first.pt")
+    table = tmp_path / "grid.csv"
+    table.write_text(f"file,teff,logg,feh\nfirst.pt,{odd.teff},{odd.logg},{odd.feh}\n")
+    wl = tmp_path / "wl.npy"
+    np.save(wl, _blase_wavelength())
+    shutil.make_archive(str(tmp_path / "pt"), "zip", tmp_path, "pt")  # members pt/*.pt
+
+    want = build_blase_manifold(pt_dir, _blase_wavelength(), table=table, progress=False)
+    for source in (pt_dir, tmp_path / "pt.zip"):
+        out = tmp_path / f"{source.name}.npz"
+        printed = ok(["build", source, "--out", out, "--wavelength", wl, "--table", table])
+        assert printed.startswith(f"manifold: {want.n_lines} lines x (2, 2, 2) grid -> {out}")
+        got = Manifold.load(out)
+        for name in ("params", "present", "identity_center", "wavelength", "axes"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        assert (
+            got.settings
+            == want.settings
+            == {
+                "origin": "blase .pt clones",
+                "profile": "blase",
+                "wing_cut": 6000,
+            }
+        )
+
+    out = tmp_path / "m.npz"
+    cropped = ["--wavelength", wl, "--wl", "8510", "8560", "--wing-cut", "500", "--quiet"]
+    ok(["build", pt_dir, "--out", out, "--table", table, *cropped])
+    m = Manifold.load(out)
+    assert m.settings["wing_cut"] == 500
+    assert 8510 <= float(m.wavelength[0]) < float(m.wavelength[-1]) <= 8560
+
+
+def test_build_from_pt_clones_errors(tmp_path):
+    clones = _blase_clones()
+    pt_dir = tmp_path / "pt"
+    _write_blase_dir(pt_dir, clones)
+    np.save(tmp_path / "wl.npy", _blase_wavelength())
+    out = ["--out", tmp_path / "m.npz"]
+    fails(["build", pt_dir, *out], "original-code .pt clones", "pass --wavelength")
+    (pt_dir / _blase_name(next(iter(clones)))).rename(pt_dir / "first.pt")
+    err = fails(["build", pt_dir, *out, "--wavelength", tmp_path / "wl.npy"], "'first.pt'")
+    assert "names no grid point" in err and "--table" in err
+    assert not (tmp_path / "m.npz").exists()
+
+    # A pickle that would run code is refused, naming the file; nothing of it runs.
+    (pt_dir / "first.pt").unlink()
+    marker = tmp_path / "hacked"
+    evil = b"\x80\x02" + op_global("os", "system") + op_str(f"touch {marker}") + b"\x85R."
+    write_pt(pt_dir / "T9000G4.50Z0.00.pt", evil, {})
+    argv = ["build", pt_dir, *out, "--wavelength", tmp_path / "wl.npy", "--quiet"]
+    err = fails(argv, "os.system")
+    assert "T9000G4.50Z0.00.pt: refused to load global" in err
+    assert not marker.exists()
+
+    jblase_dir = tmp_path / "jblase_clones"
+    write_clones_manifest(jblase_dir, CloneSettings(), _blase_wavelength())
+    fails(
+        ["build", jblase_dir, *out, "--table", tmp_path / "t.csv", "--wing-cut", "10"],
+        "--table --wing-cut apply only to original-code .pt clones",
+    )
 
 
 def test_compile_cache_location_follows_the_environment(monkeypatch, tmp_path):

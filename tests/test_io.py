@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import zipfile
@@ -32,63 +32,16 @@ from jblase.linelist import LineList, stack_line_lists
 
 from .conftest import BLASE_CLONE as CLONE_PT
 from .conftest import HPF_FITS, require
+from .torch_format import op_global as _op_global
+from .torch_format import op_int as _op_int
+from .torch_format import op_str as _op_str
+from .torch_format import op_tuple as _op_tuple
+from .torch_format import state_dict as _state_dict
+from .torch_format import tensor as _tensor
+from .torch_format import write_pt as _write_pt
+from .torch_format import write_state_dict
 
-# ----------------------------------------------------------------- a tiny torch-format writer
-# Hand-written protocol-2 opcodes, so the tests need neither torch nor a fake torch module.
-
-
-def _op_str(s: str) -> bytes:
-    b = s.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
-
-
-def _op_int(i: int) -> bytes:
-    return b"J" + struct.pack("<i", i)
-
-
-def _op_global(module: str, name: str) -> bytes:
-    return b"c" + f"{module}\n{name}\n".encode()
-
-
-def _op_tuple(*items: bytes) -> bytes:
-    return b"(" + b"".join(items) + b"t"
-
-
-_EMPTY_ORDERED_DICT = _op_global("collections", "OrderedDict") + b")R"
-
-
-def _tensor(storage_type, key, numel, offset, size, stride) -> bytes:
-    """Opcodes for ``torch._utils._rebuild_tensor_v2(<storage key>, offset, size, stride, ...)``."""
-    pid = _op_tuple(
-        _op_str("storage"),
-        _op_global("torch", storage_type),
-        _op_str(key),
-        _op_str("cpu"),
-        _op_int(numel),
-    )
-    args = _op_tuple(
-        pid + b"Q",  # BINPERSID: the unpickler's persistent_load turns the id into a storage
-        _op_int(offset),
-        _op_tuple(*map(_op_int, size)),
-        _op_tuple(*map(_op_int, stride)),
-        b"\x89",  # requires_grad=False
-        _EMPTY_ORDERED_DICT,  # backward_hooks
-    )
-    return _op_global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
-
-
-def _state_dict(entries: dict[str, bytes]) -> bytes:
-    body = b"".join(_op_str(k) + v for k, v in entries.items())
-    return b"\x80\x02" + _EMPTY_ORDERED_DICT + b"(" + body + b"u."
-
-
-def _write_pt(path: Path, pkl: bytes, records: dict[str, bytes], prefix: str = "archive") -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(f"{prefix}/data.pkl", pkl)
-        for key, data in records.items():
-            zf.writestr(f"{prefix}/data/{key}", data)
-        zf.writestr(f"{prefix}/version", "3\n")
-    return path
+# The torch-format writer (hand-written protocol-2 opcodes) lives in tests/torch_format.py.
 
 
 def _strided_reference(flat, offset, size, stride):
@@ -212,6 +165,36 @@ def test_real_clone_as_line_list_and_clone_file_round_trip(tmp_path):
     assert meta == {"source": CLONE_PT.name, "teff": 4700.0}
     for f in ("identity_center", "center", "ln_amplitude", "ln_sigma", "ln_gamma"):
         np.testing.assert_array_equal(getattr(back, f), getattr(lines, f))
+
+
+def test_line_list_from_blase_identities_are_the_pre_optimisation_centres(tmp_path):
+    """The paper's identity: pre_line_centers rounded to 0.01 A; without them (older clones)
+    the tuned centres rounded. Read from a file object too (a member of a zip of clones)."""
+    tuned = np.array([8500.0171, 8501.2449, 8502.3333])
+    pre = np.array([8500.0049, 8501.2551, 8502.3349])
+    state = {
+        "amplitudes": np.log([0.1, 0.2, 0.3]),
+        "sigma_widths": np.full(3, -4.0),
+        "gamma_widths": np.full(3, -4.5),
+        "lam_centers": tuned,
+        "pre_line_centers": pre,
+    }
+    path = write_state_dict(tmp_path / "T4700G4.50Z0.00.pt", state)
+    lines = read_blase_clone(path)
+    np.testing.assert_array_equal(lines.identity_center, [8500.0, 8501.26, 8502.33])
+    np.testing.assert_array_equal(lines.center, tuned)
+    old = line_list_from_blase({k: v for k, v in state.items() if k != "pre_line_centers"})
+    np.testing.assert_array_equal(old.identity_center, [8500.02, 8501.24, 8502.33])
+    with pytest.raises(ValueError, match="same shape"):
+        line_list_from_blase({**state, "pre_line_centers": pre[:2]})
+
+    named = tmp_path / "archive.zip" / "T4700G4.50Z0.00.pt"
+    from_bytes = read_torch_state_dict(named, fileobj=io.BytesIO(path.read_bytes()))
+    assert from_bytes.keys() == state.keys()
+    for key, value in state.items():
+        np.testing.assert_array_equal(from_bytes[key], value)
+    with pytest.raises(ValueError, match=r"archive.zip/T4700G4.50Z0.00.pt: not a PyTorch zip"):
+        read_torch_state_dict(named, fileobj=io.BytesIO(b"junk"))
 
 
 def test_line_list_from_blase_reports_missing_keys():
