@@ -16,6 +16,11 @@ from jblase.generator import Generator  # noqa: E402
 from jblase.inference import InferenceResult, infer  # noqa: E402
 from jblase.linelist import LineList  # noqa: E402
 from jblase.manifold import Manifold, build_manifold  # noqa: E402
+from jblase.observe import (  # noqa: E402
+    ObservationModel,
+    ObservationParameters,
+    ObservationSettings,
+)
 
 __all__ = [
     "CloneResult",
@@ -24,6 +29,9 @@ __all__ = [
     "InferenceResult",
     "LineList",
     "Manifold",
+    "ObservationModel",
+    "ObservationParameters",
+    "ObservationSettings",
     "__version__",
     "build_manifold",
     "clone_batch",
