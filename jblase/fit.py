@@ -103,8 +103,10 @@ class FitSettings:
         rv_kms: RV's starting value (km/s, barycentric); None: from the cross-correlation scan.
         rv_range_kms, rv_step_kms: the scan's half-range and step (km/s).
         berv_kms: barycentric correction (km/s, astropy's sign convention; see
-            :mod:`jblase.observe`). None: from the spectrum's header (:func:`header_berv`),
-            else 0 with a warning. Use 0 for data already on barycentric wavelengths.
+            :mod:`jblase.observe`), or ``"header"``: recorded in or computed from the
+            spectrum's header (:func:`header_berv`). The default 0 is right for data already
+            on barycentric wavelengths (many reduced products, e.g. the HPF order in
+            ``../shared/data``); the RV is then relative to the data's frame.
         teff_prior, teff_window: centre and half-width (K) of the Teff search box (None: the
             whole grid).
         robust: sigma-clip outlying pixels (|residual| > ``clip_sigma`` uncertainties) and
@@ -126,7 +128,7 @@ class FitSettings:
     rv_kms: float | None = None
     rv_range_kms: float = 300.0
     rv_step_kms: float = 1.0
-    berv_kms: float | None = None
+    berv_kms: float | str = 0.0
     teff_prior: float | None = None
     teff_window: float = 500.0
     robust: bool = False
@@ -152,6 +154,8 @@ class FitSettings:
             raise ValueError(f"limb_darkening must lie in [0, 1], got {self.limb_darkening}")
         if not (self.rv_step_kms > 0 and self.rv_range_kms > 0):
             raise ValueError("rv_step_kms and rv_range_kms must be > 0")
+        if isinstance(self.berv_kms, str) and self.berv_kms != "header":
+            raise ValueError(f"berv_kms must be a number (km/s) or 'header', got {self.berv_kms!r}")
         if not self.clip_sigma > 0:
             raise ValueError(f"clip_sigma must be > 0, got {self.clip_sigma}")
 
@@ -378,21 +382,27 @@ def prepare_data(
 
 
 class _Layout(eqx.Module):
-    """Which parameters are free, their fixed values and the stellar box (all static)."""
+    """Which parameters are free and the stellar box (static), the fixed values (traced)."""
 
+    base: jax.Array  # (6,) every parameter's value; the free ones are overridden
+    box: jax.Array  # (3, 2) the stellar search box (lo, hi) of teff, logg, feh
     free: tuple = eqx.field(static=True)
-    fixed: tuple = eqx.field(static=True)  # ((name, value), ...)
-    box: tuple = eqx.field(static=True)  # ((lo, hi),) * 3 for teff, logg, feh
 
     def to_physical(self, u) -> dict:
         """Unconstrained vector (n_free,) -> every parameter (jnp scalars)."""
-        out = {k: jnp.asarray(v, dtype=float) for k, v in self.fixed}
+        out = {k: self.base[i] for i, k in enumerate(PARAMETERS)}
         for i, name in enumerate(self.free):
             out[name] = _forward(name, u[i], self.box)
         return out
 
     def to_unconstrained(self, values: dict) -> np.ndarray:
-        return np.array([_inverse(n, float(values[n]), self.box) for n in self.free])
+        box = np.asarray(self.box)
+        return np.array([_inverse(n, float(values[n]), box) for n in self.free])
+
+
+def _layout(values: dict, free, box) -> _Layout:
+    base = jnp.asarray([float(values[k]) for k in PARAMETERS], dtype=float)
+    return _Layout(base=base, box=jnp.asarray(box, dtype=float), free=tuple(free))
 
 
 def _forward(name, u, box):
@@ -637,18 +647,16 @@ def header_berv(header) -> tuple[float, str] | None:
 
 
 def _berv(settings: FitSettings, spectrum: ObservedSpectrum) -> tuple[float, str]:
-    if settings.berv_kms is not None:
-        return float(settings.berv_kms), "given"
-    found = header_berv(spectrum.header)
-    if found is not None:
+    if isinstance(settings.berv_kms, str):
+        found = header_berv(spectrum.header)
+        if found is None:
+            raise ValueError(
+                f"berv_kms='header' but {spectrum.source or 'the spectrum'}'s header records "
+                "no barycentric correction (BERV, HIERARCH ESO DRS BERV, BRVCORR) and lacks "
+                "what astropy needs to compute one (observatory, RA/DEC, time); give it in km/s"
+            )
         return found
-    warnings.warn(
-        "no barycentric correction given and none in the header: berv_kms = 0 (the RV is "
-        "then relative to the data's wavelength frame)",
-        FitWarning,
-        3,
-    )
-    return 0.0, "none (0)"
+    return float(settings.berv_kms), "given"
 
 
 def model_flux_from_lines(lines, wavelength_aa, *, profile: str, wing_cut: int):
@@ -813,11 +821,7 @@ def _setup(model, spectrum, settings: FitSettings, mask_intervals):
     free = [n for n, (lo, hi) in zip(_STELLAR, box, strict=True) if hi > lo]
     free += ["rv_kms"] + ["vsini_kms"] * settings.fit_vsini
     free += ["resolving_power"] * settings.fits_resolution
-    layout = _Layout(
-        free=tuple(free),
-        fixed=tuple((n, float(values[n])) for n in PARAMETERS if n not in free),
-        box=tuple(map(tuple, np.asarray(box, float).tolist())),
-    )
+    layout = _layout(values, free, box)
     problem = _Problem(
         generator=gen,
         fixed_flux=fixed_flux,
@@ -869,12 +873,18 @@ def _rv_scan(problem: _Problem, values: dict, settings: FitSettings) -> float:
 
 def _sub_problem(problem: _Problem, values: dict, names) -> _Problem:
     """The problem with only ``names`` free and everything else fixed at ``values``."""
-    layout = _Layout(
-        free=tuple(names),
-        fixed=tuple((n, float(values[n])) for n in PARAMETERS if n not in names),
-        box=problem.layout.box,
-    )
-    return eqx.tree_at(lambda p: p.layout, problem, layout)
+    layout = _layout(values, names, problem.layout.box)
+    problem = eqx.tree_at(lambda p: p.layout, problem, layout)
+    if problem.generator is not None and not set(names) & set(_STELLAR):
+        # Stellar parameters fixed: evaluate the generator once, not at every step.
+        flux = problem.model_flux(_stellar(values))
+        problem = eqx.tree_at(
+            lambda p: (p.generator, p.fixed_flux),
+            problem,
+            (None, flux),
+            is_leaf=lambda x: x is None,
+        )
+    return problem
 
 
 def _optimise(problem: _Problem, values: dict, names, refine: RefineSettings, weight) -> dict:
@@ -885,7 +895,7 @@ def _optimise(problem: _Problem, values: dict, names, refine: RefineSettings, we
     u0 = _u(sub, values)
     start = float(_chi2_value(sub, u0, weight))
     scale = max(float(jnp.sum(weight)), 1.0)
-    u, _ = _minimise(sub, u0, weight, scale, 2 * refine.max_iterations, 1e-7)
+    u, _ = _minimise(sub, u0, weight, jnp.asarray(scale), 2 * refine.max_iterations, 1e-7)
     end = float(_chi2_value(sub, u, weight))
     if not (np.isfinite(end) and end <= start):
         return values
@@ -976,7 +986,7 @@ def _assemble(problem, values, weight, settings, berv, rv_scan, gp) -> FitResult
 
 
 def _warn_at_edges(problem: _Problem, values: dict) -> None:
-    for name, (lo, hi) in zip(_STELLAR, problem.layout.box, strict=True):
+    for name, (lo, hi) in zip(_STELLAR, np.asarray(problem.layout.box).tolist(), strict=True):
         if name in problem.layout.free and hi > lo:
             x = (values[name] - lo) / (hi - lo)
             if x < 1e-3 or x > 1 - 1e-3:

@@ -302,13 +302,20 @@ def to_log_lambda(
 def _circle_area(x):
     # 2 * integral_{0}^{x} sqrt(1 - t^2) dt for |x| <= 1; its derivative 2 sqrt(1 - x^2) is
     # finite at x = +-1, where the two terms' own derivatives are infinite.
-    return x * jnp.sqrt(jnp.maximum(1.0 - x * x, 0.0)) + jnp.arcsin(x)
+    return x * _safe_sqrt(1.0 - x * x) + jnp.arcsin(x)
+
+
+def _safe_sqrt(y):
+    """sqrt(max(y, 0)) whose derivatives of every order are finite (zero where y <= 0):
+    the double ``where`` keeps an infinite sqrt'(0) out of second derivatives (Hessians)."""
+    positive = y > 0.0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, y, 1.0)), 0.0)
 
 
 @_circle_area.defjvp
 def _circle_area_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    return _circle_area(x), 2.0 * jnp.sqrt(jnp.maximum(1.0 - x * x, 0.0)) * dx
+    return _circle_area(x), 2.0 * _safe_sqrt(1.0 - x * x) * dx
 
 
 def _gray_half_cdf(x, epsilon):
