@@ -10,11 +10,12 @@ runs in named stages:
    intervals, pixels outside the range the clones were fitted on) as zero weights;
 2. **rv scan** (:func:`_rv_scan`): the chi-square on a grid of radial velocities at a starting
    stellar point: a cross-correlation with the continuum profiled, whose minimum starts RV;
-3. **nuisance** (:func:`_minimise`): RV, v sin i (and R) by L-BFGS at that stellar point;
+3. **nuisance** (:func:`_minimise`): RV, v sin i (and R) by L-BFGS at that stellar point
+   (the generator evaluated once);
 4. **search** (:mod:`jblase.search`): the paper's random + GP-guided search over (Teff, log g,
    [Fe/H]) with the nuisance parameters held at their values;
-5. **joint refinement** (:func:`_minimise`): every free parameter together, by optax's L-BFGS
-   inside one jitted loop, in unconstrained coordinates (grid box -> logistic, v sin i ->
+5. **joint refinement** (:func:`_minimise`): every free parameter together, by L-BFGS on the
+   gradient of one jitted program, in unconstrained coordinates (grid box -> logistic, v sin i ->
    softplus, R -> log);
 6. **uncertainties** (:func:`laplace`): the Hessian of the negative log-likelihood by autodiff
    at the optimum, checked positive definite, inverted, and carried to physical units by the
@@ -41,8 +42,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import optax.tree_utils as otu
+import scipy.optimize
 
 from jblase.generator import Generator, default_batch_size
 from jblase.likelihood import chi_square, sigma_clip_weight
@@ -112,6 +112,8 @@ class FitSettings:
         robust: sigma-clip outlying pixels (|residual| > ``clip_sigma`` uncertainties) and
             refit, up to ``clip_iterations`` times.
         uncertainties: compute Laplace uncertainties.
+        hessian: how (:func:`_hessian`): ``"autodiff"`` (``jax.hessian``, exact, one more
+            compiled program) or ``"differences"`` (central differences of the gradient).
         line_list_resolution: resolving power of the ln-uniform model grid a single line list
             is synthesised on.
         max_vsini_kms, min_resolving_power, max_velocity_kms: limits of the observation model's
@@ -135,6 +137,7 @@ class FitSettings:
     clip_sigma: float = 5.0
     clip_iterations: int = 3
     uncertainties: bool = True
+    hessian: str = "autodiff"
     line_list_resolution: float = 500_000.0
     max_vsini_kms: float = 100.0
     min_resolving_power: float = 15_000.0
@@ -156,6 +159,8 @@ class FitSettings:
             raise ValueError("rv_step_kms and rv_range_kms must be > 0")
         if isinstance(self.berv_kms, str) and self.berv_kms != "header":
             raise ValueError(f"berv_kms must be a number (km/s) or 'header', got {self.berv_kms!r}")
+        if self.hessian not in ("autodiff", "differences"):
+            raise ValueError(f"hessian must be 'autodiff' or 'differences', got {self.hessian!r}")
         if not self.clip_sigma > 0:
             raise ValueError(f"clip_sigma must be > 0, got {self.clip_sigma}")
 
@@ -442,7 +447,6 @@ class _Problem(eqx.Module):
     berv_kms: jax.Array
     epsilon: jax.Array
     layout: _Layout
-    uncertainty_estimated: bool = eqx.field(static=True, default=False)
 
     def model_flux(self, stellar):
         if self.generator is None:
@@ -517,35 +521,59 @@ def _residuals(problem: _Problem, u, weight):
 
 
 @eqx.filter_jit
-def _minimise(problem: _Problem, u0, weight, scale, max_iterations: int, tolerance: float):
-    """optax L-BFGS on chi2 / scale from u0 inside one ``while_loop``; (u, iterations)."""
+def _chi2_and_grad(problem: _Problem, u, weight):
+    return jax.value_and_grad(lambda v: problem.chi2(v, weight))(u)
+
+
+def _minimise(problem: _Problem, u0, weight, max_iterations: int) -> np.ndarray:
+    """L-BFGS (scipy) on chi2 from u0 with gradients from one jitted ``value_and_grad``.
+
+    A host loop around one compiled program: an optax L-BFGS ``while_loop`` (its zoom line
+    search holds further copies of the generator) took about three times as long to compile
+    on CPU, which dominates a single fit.
+    """
+    u0 = np.asarray(u0, dtype=np.float64)
+    scale = max(float(_chi2_and_grad(problem, jnp.asarray(u0), weight)[0]), 1.0)
 
     def fun(u):
-        return problem.chi2(u, weight) / scale
+        value, grad = _chi2_and_grad(problem, jnp.asarray(u), weight)
+        return float(value) / scale, np.asarray(grad, dtype=np.float64) / scale
 
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
-
-    def step(carry):
-        u, state = carry
-        value, grad = value_and_grad(u, state=state)
-        updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=fun)
-        return optax.apply_updates(u, updates), state
-
-    def going(carry):
-        _, state = carry
-        count = otu.tree_get(state, "count")
-        grad = otu.tree_get(state, "grad")
-        return (count == 0) | ((count < max_iterations) & (otu.tree_l2_norm(grad) >= tolerance))
-
-    u, state = jax.lax.while_loop(going, step, (u0, opt.init(u0)))
-    return u, otu.tree_get(state, "count")
+    opt = scipy.optimize.minimize(
+        fun,
+        u0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iterations, "gtol": 1e-10, "ftol": 1e-14},
+    )
+    return opt.x
 
 
 @eqx.filter_jit
-def _hessian(problem: _Problem, u, weight):
-    """Hessian of the negative log-likelihood 0.5 chi2 in unconstrained coordinates."""
+def _hessian_autodiff(problem: _Problem, u, weight):
     return jax.hessian(lambda v: 0.5 * problem.chi2(v, weight))(u)
+
+
+def _hessian(problem: _Problem, u, weight, method: str = "autodiff") -> np.ndarray:
+    """Hessian of the negative log-likelihood 0.5 chi2 in unconstrained coordinates.
+
+    ``"autodiff"``: ``jax.hessian`` (exact; its own compiled program). ``"differences"``:
+    central differences (step 1e-4) of the autodiff gradient the refinement already compiled:
+    no further compilation, and an O(1e-8) relative error for these smooth transforms.
+    """
+    if method == "autodiff":
+        return np.asarray(_hessian_autodiff(problem, u, weight))
+    u = np.asarray(u, dtype=np.float64)
+    h = 1e-4
+    columns = []
+    for i in range(u.size):
+        e = np.zeros_like(u)
+        e[i] = h
+        hi = np.asarray(_chi2_and_grad(problem, jnp.asarray(u + e), weight)[1])
+        lo = np.asarray(_chi2_and_grad(problem, jnp.asarray(u - e), weight)[1])
+        columns.append(0.25 * (hi - lo) / h)  # 0.5 chi2, central difference
+    hess = np.stack(columns, axis=1)
+    return 0.5 * (hess + hess.T)
 
 
 @eqx.filter_jit
@@ -704,7 +732,9 @@ def fit(
     t0 = time.perf_counter()
     settings, search, refine = _split_options(settings, search, refine, options)
     seconds: dict = {}
-    problem, values, (berv, berv_source) = _setup(model, spectrum, settings, mask_intervals)
+    problem, values, (berv, berv_source), estimated = _setup(
+        model, spectrum, settings, mask_intervals
+    )
     seconds["data"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -744,9 +774,10 @@ def fit(
     seconds["refine"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if problem.uncertainty_estimated:
+    if estimated:
         problem = _with_estimated_noise(problem, values, weight)
     result = _assemble(problem, values, weight, settings, (berv, berv_source), rv_scan, gp)
+    result.uncertainty_estimated = estimated
     result.n_clipped = n_clipped
     seconds["uncertainties"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
@@ -833,9 +864,8 @@ def _setup(model, spectrum, settings: FitSettings, mask_intervals):
         berv_kms=jnp.asarray(berv[0], dtype=float),
         epsilon=jnp.asarray(settings.limb_darkening, dtype=float),
         layout=layout,
-        uncertainty_estimated=data.uncertainty_estimated,
     )
-    return problem, values, berv
+    return problem, values, berv, data.uncertainty_estimated
 
 
 def _nuisance(values: dict) -> dict:
@@ -894,12 +924,11 @@ def _optimise(problem: _Problem, values: dict, names, refine: RefineSettings, we
     sub = _sub_problem(problem, values, names)
     u0 = _u(sub, values)
     start = float(_chi2_value(sub, u0, weight))
-    scale = max(float(jnp.sum(weight)), 1.0)
-    u, _ = _minimise(sub, u0, weight, jnp.asarray(scale), 2 * refine.max_iterations, 1e-7)
-    end = float(_chi2_value(sub, u, weight))
+    u = _minimise(sub, u0, weight, 2 * refine.max_iterations)
+    end = float(_chi2_value(sub, jnp.asarray(u), weight))
     if not (np.isfinite(end) and end <= start):
         return values
-    physical = sub.layout.to_physical(u)
+    physical = sub.layout.to_physical(jnp.asarray(u))
     return {**values, **{n: float(physical[n]) for n in names}}
 
 
@@ -957,9 +986,8 @@ def _assemble(problem, values, weight, settings, berv, rv_scan, gp) -> FitResult
     n_par = len(problem.layout.free) + int(np.prod(coeffs.shape))
     names = problem.layout.free
     if settings.uncertainties:
-        stats = laplace(
-            np.asarray(_hessian(problem, u, weight)), np.asarray(_jacobian(problem, u)), names
-        )
+        hessian = _hessian(problem, u, weight, settings.hessian)
+        stats = laplace(hessian, np.asarray(_jacobian(problem, u)), names)
     else:
         nan = np.full((len(names), len(names)), np.nan)
         stats = {"covariance": nan, "correlation": nan, "errors": dict.fromkeys(names, np.nan)}
@@ -981,7 +1009,6 @@ def _assemble(problem, values, weight, settings, berv, rv_scan, gp) -> FitResult
         continuum=np.asarray(coeffs),
         model=model,
         weight=np.asarray(weight),
-        uncertainty_estimated=problem.uncertainty_estimated,
     )
 
 
