@@ -1,4 +1,4 @@
-"""The ``jblase`` command: fetch, synth-grid, clone, build, reconstruct, infer, demo.
+"""The ``jblase`` command: fetch, synth-grid, clone, build, reconstruct, infer, fit, demo.
 
 Compiled programs are kept between runs in JAX's persistent compilation cache (compilation is
 most of a short command's time on CPU): ``$JBLASE_CACHE_DIR``, by default
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import sys
@@ -245,6 +246,112 @@ def _cmd_infer(args) -> int:
     return 0
 
 
+#: fit options that only a stellar (--manifold) fit uses.
+_MANIFOLD_ONLY = ("teff_prior", "teff_window", "n_random", "n_guided", "seed")
+_FIT_ROWS = (  # name, label, unit, format
+    ("teff", "Teff", "K", ".1f"),
+    ("logg", "log g", "dex", ".3f"),
+    ("feh", "[Fe/H]", "dex", ".3f"),
+    ("rv_kms", "RV", "km/s", ".4f"),
+    ("vsini_kms", "v sin i", "km/s", ".3f"),
+    ("resolving_power", "R", "", ".0f"),
+)
+
+
+def _berv_arg(text: str) -> float | str:
+    if text.strip().lower() == "header":
+        return "header"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"--berv takes a number (km/s) or 'header', got {text!r}")
+    return value
+
+
+def _json_null_nan(obj):
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _json_null_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_null_nan(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _print_fit(result) -> None:
+    for name, label, unit, fmt in _FIT_ROWS:
+        if name not in result.fitted and name in ("teff", "logg", "feh"):
+            continue
+        value = f"{result.values[name]:{fmt}}"
+        if name in result.fitted:
+            error = result.errors[name]
+            value += f" +/- {error:{fmt}}" if math.isfinite(error) else " +/- ?"
+        else:
+            value += " (fixed)"
+        print(f"{label:<8}= {value} {unit}".rstrip())
+    print(
+        f"chi2_reduced {result.chi2_reduced:.4g} on {result.n_pixels} pixels"
+        + (f" ({result.n_clipped} clipped)" if result.n_clipped else "")
+        + f"; {result.seconds['total']:.1f} s"
+    )
+    print(f"BERV {result.berv_kms:.4f} km/s ({result.berv_source})")
+    if result.uncertainty_estimated:
+        print("uncertainties: none in the file; set to the residual scatter (chi2_reduced = 1)")
+
+
+def _cmd_fit(args) -> int:
+    from jblase.fit import FitSettings, fit, line_list_model, read_mask_file
+    from jblase.spectra import read_observed
+
+    if (args.manifold is None) == (args.lines is None):
+        raise ValueError("give exactly one model: --manifold FILE or --lines FILE")
+    if args.lines is not None:
+        given = [f"--{n.replace('_', '-')}" for n in _MANIFOLD_ONLY if getattr(args, n) is not None]
+        if given:
+            raise ValueError(
+                f"{' '.join(given)} apply only to --manifold fits (a --lines fit holds the "
+                "stellar parameters fixed)"
+            )
+    berv = _berv_arg(args.berv)
+    for path in (args.spectrum, args.manifold, args.lines, args.mask_file):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    settings = FitSettings(
+        continuum_degree=args.continuum_degree,
+        resolving_power=args.resolving_power,
+        fit_resolution=args.fit_resolution,
+        vsini_kms=args.vsini,
+        fit_vsini=not args.fixed_vsini,
+        berv_kms=berv,
+        robust=args.robust,
+        **({} if args.teff_prior is None else {"teff_prior": args.teff_prior}),
+        **({} if args.teff_window is None else {"teff_window": args.teff_window}),
+    )
+    search = {n: getattr(args, n) for n in ("n_random", "n_guided", "seed")}
+    search = {n: v for n, v in search.items() if v is not None}
+    spectrum = read_observed(args.spectrum, orders=args.orders)
+    mask = None if args.mask_file is None else read_mask_file(args.mask_file)
+    if args.lines is not None:
+        model = line_list_model(args.lines, spectrum, settings)
+    else:
+        model = _load_generator(args.manifold)
+    result = fit(model, spectrum, settings, mask_intervals=mask, **search)
+    if args.plot is not None:
+        from jblase.plots import plot_fit
+
+        plot_fit(spectrum, result, args.plot)
+    if args.json:
+        print(json.dumps(_json_null_nan(result.to_json()), allow_nan=False))
+    else:
+        _print_fit(result)
+        if args.plot is not None:
+            print(f"plot -> {args.plot}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from jblase.demo import run_demo
 
@@ -394,6 +501,111 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser(
+        "fit",
+        help="fit an observed spectrum: RV, v sin i, R and continuum, and with a manifold "
+        "Teff, log g, [Fe/H] (Laplace errors)",
+    )
+    p.add_argument(
+        "spectrum", type=Path, help="observed spectrum: .npz, .csv or FITS (tables or images)"
+    )
+    model = p.add_argument_group("model (give exactly one)")
+    model.add_argument(
+        "--manifold",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a manifold (.npz): fit the stellar parameters",
+    )
+    model.add_argument(
+        "--lines",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="one line list: a jblase clone (.npz) or an original-code clone (.pt); the stellar "
+        "parameters stay fixed",
+    )
+    p.add_argument(
+        "--teff-prior",
+        type=float,
+        default=None,
+        metavar="T",
+        help="centre of the Teff search box (K)",
+    )
+    p.add_argument(
+        "--teff-window",
+        type=float,
+        default=None,
+        metavar="W",
+        help="half-width of the Teff box (K; 500)",
+    )
+    p.add_argument(
+        "--orders",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="order labels to fit (default: all)",
+    )
+    p.add_argument(
+        "--berv",
+        default="0",
+        metavar="KMS|header",
+        help="barycentric correction in km/s, or 'header' (BERV / BRVCORR keywords, or computed "
+        "by astropy); default 0, right for data already on barycentric wavelengths",
+    )
+    p.add_argument(
+        "--resolving-power",
+        type=float,
+        default=None,
+        metavar="R",
+        help="instrumental R, held fixed unless --fit-resolution (default: fitted from 50000)",
+    )
+    p.add_argument(
+        "--fit-resolution", action="store_true", help="fit R, starting at --resolving-power"
+    )
+    p.add_argument(
+        "--vsini",
+        type=float,
+        default=3.0,
+        metavar="V",
+        help="v sin i start, or fixed value (km/s; 3)",
+    )
+    p.add_argument("--fixed-vsini", action="store_true", help="hold v sin i at --vsini")
+    p.add_argument(
+        "--continuum-degree",
+        type=int,
+        default=2,
+        metavar="D",
+        help="Chebyshev degree per order (2)",
+    )
+    p.add_argument(
+        "--mask-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="text file of 'lo hi' wavelength intervals (A, data frame) to leave out",
+    )
+    p.add_argument(
+        "--robust", action="store_true", help="sigma-clip outlying pixels (5 sigma) and refit"
+    )
+    p.add_argument(
+        "--n-random", type=int, default=None, metavar="N", help="random search points (100)"
+    )
+    p.add_argument(
+        "--n-guided", type=int, default=None, metavar="N", help="GP-guided search points (20)"
+    )
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (0)")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="save data, model and residuals to this image",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded demo grid")
     p.add_argument("--out", type=Path, default=Path("jblase-demo"))

@@ -68,6 +68,7 @@ __all__ = [
     "PARAMETERS",
     "fit",
     "laplace",
+    "line_list_model",
     "model_flux_from_lines",
     "prepare_data",
     "read_mask_file",
@@ -692,6 +693,47 @@ def model_flux_from_lines(lines, wavelength_aa, *, profile: str, wing_cut: int):
     from jblase.forward import synthesize_lines
 
     return synthesize_lines(wavelength_aa, lines, profile=profile, wing_cut=wing_cut)
+
+
+def line_list_model(
+    lines_path: str | Path, spectrum: ObservedSpectrum, settings: FitSettings | None = None
+) -> tuple[np.ndarray, jax.Array]:
+    """The fixed model of a lines fit: ``(wavelength_aa, rest_flux)``, each (n_model,).
+
+    ``lines_path`` is a jblase clone (``.npz``, synthesised with the profile and wing cut in
+    its metadata's ``settings``) or an original-code clone (``.pt``, with that code's profile
+    variant and 6000-pixel windows). The flux is synthesised on :func:`_line_list_grid`: an
+    ln-uniform grid at ``settings.line_list_resolution`` covering the data for every velocity
+    and kernel the settings allow. Pass the result to :func:`fit` as its ``model``.
+
+    Raises:
+        ValueError: the data's wavelengths are not inside the span of the lines' centres
+            (naming both ranges), or the file is not a clone.
+    """
+    from jblase.blase_archive import BLASE_PROFILE, BLASE_WING_CUT
+    from jblase.forward import DEFAULT_WING_CUT
+    from jblase.io import load_line_list, read_blase_clone
+
+    settings = settings or FitSettings()
+    path = Path(lines_path)
+    if path.suffix.lower() == ".pt":
+        lines, profile, wing_cut = read_blase_clone(path), BLASE_PROFILE, BLASE_WING_CUT
+    else:
+        lines, meta = load_line_list(path)
+        stored = meta.get("settings") or {}
+        profile = stored.get("profile", "pseudo_voigt")
+        wing_cut = int(stored.get("wing_cut", DEFAULT_WING_CUT))
+    centres = np.asarray(lines.center)[np.asarray(lines.mask, bool)]
+    lo, hi = _data_range(spectrum)
+    if centres.size == 0 or lo < centres.min() or hi > centres.max():
+        span = f"{centres.min():.1f}-{centres.max():.1f} A" if centres.size else "no lines"
+        raise ValueError(
+            f"{spectrum.source or 'the spectrum'}'s wavelengths {lo:.1f}-{hi:.1f} A are not "
+            f"inside the range of {path}'s lines ({span})"
+        )
+    grid = _line_list_grid(spectrum, settings)
+    flux = model_flux_from_lines(lines, jnp.asarray(grid), profile=profile, wing_cut=wing_cut)
+    return grid, flux
 
 
 def _line_list_grid(spectrum: ObservedSpectrum, settings: FitSettings) -> np.ndarray:

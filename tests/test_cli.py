@@ -65,7 +65,8 @@ FAST_INFER = ["--n-random", "20", "--n-guided", "2", "--quiet"]
 
 #: Options each command's --help must mention.
 HELP_OPTIONS = {
-    None: ["fetch", "synth-grid", "clone", "complete", "build", "reconstruct", "infer", "demo"],
+    None: ["fetch", "synth-grid", "clone", "complete", "build", "reconstruct", "infer", "fit"]
+    + ["demo"],
     "fetch": ["--out", "--teff", "--logg", "--feh", "--base-url", "--quiet"],
     "synth-grid": ["--out", "--teff", "--logg", "--feh", "--wl", "--resolution", "--seed"]
     + ["--quick", "--quiet"],
@@ -79,6 +80,10 @@ HELP_OPTIONS = {
     "reconstruct": ["manifold", "--teff", "--logg", "--feh", "--wl", "--out", "--quiet"],
     "infer": ["manifold", "spectrum", "--teff-prior", "--teff-window", "--n-random"]
     + ["--n-guided", "--no-refine", "--seed", "--json", "--quiet"],
+    "fit": ["spectrum", "--manifold", "--lines", "--teff-prior", "--teff-window", "--orders"]
+    + ["--berv", "--resolving-power", "--fit-resolution", "--vsini", "--fixed-vsini"]
+    + ["--continuum-degree", "--mask-file", "--robust", "--n-random", "--n-guided", "--seed"]
+    + ["--plot", "--json", "--quiet"],
     "demo": ["--out", "--quick", "--quiet"],
 }
 
