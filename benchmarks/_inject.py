@@ -29,8 +29,12 @@ def gray_profile(v_kms: np.ndarray, vsini_kms: float, epsilon: float) -> np.ndar
 
 
 def broaden(
-    log_wl: np.ndarray, flux: np.ndarray, vsini_kms: float, resolving_power: float,
-    epsilon: float = 0.6, oversample: int = 8,
+    log_wl: np.ndarray,
+    flux: np.ndarray,
+    vsini_kms: float,
+    resolving_power: float,
+    epsilon: float = 0.6,
+    oversample: int = 8,
 ) -> np.ndarray:
     """Rotation then instrument on a ln-uniform grid; returns flux on the same grid."""
     step_kms = C_KMS * (log_wl[1] - log_wl[0])
