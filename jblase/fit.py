@@ -362,10 +362,17 @@ def prepare_data(
             margin = wl * settings.max_velocity_kms / 299_792.458
             w[(wl - margin < fitted_range[0]) | (wl + margin > fitted_range[1])] = 0.0
         if not w.any():
+            where = (
+                ""
+                if fitted_range is None
+                else (
+                    f" or within {settings.max_velocity_kms} km/s of the edges of the range the "
+                    f"clones were fitted on, {fitted_range[0]:.2f}-{fitted_range[1]:.2f} A"
+                )
+            )
             raise ValueError(
-                f"order {spectrum.orders[i]} has no valid pixel left to fit (non-finite "
-                f"flux, masked intervals or outside the model's fitted range "
-                f"{fitted_range})"
+                f"order {spectrum.orders[i]} has no valid pixel left to fit (all are non-finite, "
+                f"masked{where})"
             )
         f = np.asarray(spectrum.flux[i, keep], float)
         flux[i, :n] = np.where(w > 0, f, 0.0)

@@ -482,3 +482,24 @@ def test_bad_input_raises_clear_errors(setup):
         ObservationSettings(min_resolving_power=0.0)
     with pytest.raises(ValueError, match="step"):
         log_lambda_grid(8600.0, 8700.0, -1e-6)
+
+
+def test_berv_from_the_real_hpf_header_matches_the_pipelines_brvcorr():
+    """The HPF pipeline's own barycentric correction (BRVCORR, m/s) of the real WASP-69 order,
+    against astropy from the header's DATE-OBS and sexagesimal target (QRA/QDEC, J2000) at the
+    HET (McDonald Observatory). Its numeric RA keyword is in hours, not the degrees the reader
+    assumes for numbers, so the target is passed explicitly; the site name is not in astropy's
+    offline registry. The two agree to a few m/s (the pipeline corrects to the photon-weighted
+    mid-exposure and for proper motion)."""
+    from jblase.spectra import read_observed
+
+    from .conftest import HPF_FITS, require
+
+    with pytest.warns(UserWarning):
+        header = read_observed(require(HPF_FITS)).header
+    het = EarthLocation.from_geodetic(
+        lon=-104.01472 * u.deg, lat=30.681444 * u.deg, height=2026 * u.m
+    )
+    target = SkyCoord(header["QRA"], header["QDEC"], unit=(u.hourangle, u.deg))
+    berv = berv_from_header(header, location=het, coord=target)
+    assert berv == pytest.approx(header["BRVCORR"] / 1e3, abs=0.01)
