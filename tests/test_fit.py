@@ -119,6 +119,7 @@ def test_rv_error_equals_the_fisher_information_of_the_injection(fixed_model, re
     assert rv_err_fixed <= reported < 1.3 * rv_err_fixed
 
 
+@pytest.mark.slow  # ~1 min of compilation; benchmarks/injection.py runs this path on the demo grid
 def test_recovers_stellar_and_extrinsic_parameters():
     identity, values, wl = _random_manifold(n_lines=120, n_pix=6000, seed=12)
     generator = Generator.from_arrays(identity, values, AXES, wl, wing_cut=1000)
