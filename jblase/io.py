@@ -13,6 +13,7 @@ before it can be called.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -428,6 +429,21 @@ def load_line_list(path: str | os.PathLike) -> tuple[LineList, dict[str, Any]]:
 # --------------------------------------------------------------------------- spectra
 
 
+@contextlib.contextmanager
+def unreadable_as_value_error(path: Path, kind: str):
+    """Re-raise what reading a ``kind`` spectrum file raises as a ``ValueError`` naming it."""
+    try:
+        yield
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: unreadable {kind} spectrum ({err})") from err
+    except (AttributeError, *_READ_ERRORS) as err:
+        raise ValueError(
+            f"{path}: unreadable {kind} spectrum ({type(err).__name__}: {err})"
+        ) from err
+
+
 def _spectrum_kind(path: Path) -> str:
     name = path.name.lower()
     for suffix in sorted(SPECTRUM_SUFFIXES, key=len, reverse=True):
@@ -479,7 +495,7 @@ def read_spectrum(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.n
     path = Path(path)
     kind = _spectrum_kind(path)
     _require_file(path)
-    try:
+    with unreadable_as_value_error(path, kind):
         if kind == "npz":
             with np.load(path, allow_pickle=False) as npz:
                 columns = _pick_columns(path, {k: npz[k] for k in npz.files})
@@ -487,14 +503,6 @@ def read_spectrum(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.n
             columns = _pick_columns(path, _read_csv(path))
         else:
             columns = _pick_columns(path, _read_fits(path))
-    except ValueError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: unreadable {kind} spectrum ({err})") from err
-    except (AttributeError, *_READ_ERRORS) as err:
-        raise ValueError(
-            f"{path}: unreadable {kind} spectrum ({type(err).__name__}: {err})"
-        ) from err
     out = {}
     for name, col in columns.items():
         arr = np.asarray(col, dtype=np.float64)

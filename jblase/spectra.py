@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from jblase.io import _READ_ERRORS, _read_csv, _require_file, _spectrum_kind
+from jblase.io import _read_csv, _require_file, _spectrum_kind, unreadable_as_value_error
 
 __all__ = [
     "MaskedPixelsWarning",
@@ -389,17 +389,9 @@ def read_observed(
     path = Path(path)
     kind = _spectrum_kind(path)
     _require_file(path)
-    try:
+    with unreadable_as_value_error(path, kind):
         columns, file_unit, header = _read_columns(path, kind)
         data = _to_orders(path, columns)
-    except ValueError as err:
-        if str(err).startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: unreadable {kind} spectrum ({err})") from err
-    except (AttributeError, *_READ_ERRORS) as err:
-        raise ValueError(
-            f"{path}: unreadable {kind} spectrum ({type(err).__name__}: {err})"
-        ) from err
     scale = _length_scale(file_unit or wavelength_unit or "Angstrom", str(path))
     if file_unit and wavelength_unit and scale != _length_scale(wavelength_unit, str(path)):
         raise ValueError(
