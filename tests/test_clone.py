@@ -82,8 +82,9 @@ def test_fixed_centres_stay_put():
 @pytest.mark.parametrize(
     "n_spectra, residual_rounds",
     # One pass over three spectra (a batch of two and a remainder); the residual round adds
-    # data-dependent line counts, each its own compiled shape, so it is checked on two.
-    [(3, 0), (2, 1)],
+    # data-dependent line counts, each its own compiled shape (46 s of the suite): slow, run
+    # by `pytest -m slow`.
+    [(3, 0), pytest.param(2, 1, marks=pytest.mark.slow)],
     ids=["one-pass", "residual-round"],
 )
 def test_batched_clone_equals_one_at_a_time(n_spectra, residual_rounds):
