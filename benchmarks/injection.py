@@ -49,7 +49,7 @@ def _manifold(args):
 def _truths(manifold, n: int, rng) -> np.ndarray:
     lo = np.array([float(a[0]) for a in manifold.axes])
     hi = np.array([float(a[-1]) for a in manifold.axes])
-    lo[0], hi[0] = lo[0], min(hi[0], 7000.0)  # the accuracy targets are for Teff < 7000 K
+    hi[0] = min(hi[0], 7000.0)  # the accuracy targets are for Teff < 7000 K
     margin = 0.05 * (hi - lo)
     stellar = rng.uniform(lo + margin, hi - margin, size=(n, 3))
     rv = rng.uniform(-100.0, 100.0, n)

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.optimize
 
 from jblase.generator import Generator, default_batch_size
-from jblase.likelihood import chi_square, sigma_clip_weight
+from jblase.likelihood import chi_square, profiled_residuals, sigma_clip_weight
 from jblase.observe import (
     ObservationModel,
     ObservationParameters,
@@ -58,6 +58,7 @@ from jblase.search import (
     SearchSettings,
     guided_phase,
     random_phase,
+    search_bounds,
     split_settings,
 )
 from jblase.spectra import ObservedSpectrum
@@ -469,7 +470,7 @@ class _Problem(eqx.Module):
             continuum=jnp.ones((1,)),
             epsilon=self.epsilon,
         )
-        return _observe_traced(self.observation, model_flux, params, self.berv_kms)
+        return self.observation(model_flux, params, self.berv_kms)
 
     def chi2_of(self, model_flux, p: dict, weight=None):
         """Total chi-square (continuum profiled per order) and z = residual / sigma."""
@@ -482,16 +483,6 @@ class _Problem(eqx.Module):
         p = self.layout.to_physical(u)
         stellar = jnp.stack([p[k] for k in _STELLAR])
         return self.chi2_of(self.model_flux(stellar), p, weight)[0]
-
-
-def _observe_traced(observation: ObservationModel, model_flux, params, berv):
-    # The model's own __call__ checks concrete inputs; under jit everything is traced.
-    return observation(model_flux, params, berv)
-
-
-@eqx.filter_jit
-def _chi2_value(problem: _Problem, u, weight):
-    return problem.chi2(u, weight)
 
 
 @eqx.filter_jit
@@ -515,16 +506,12 @@ def _chi2_over_rv(problem: _Problem, model_flux, rvs, nuisance: dict, weight):
 @eqx.filter_jit
 def _residuals(problem: _Problem, u, weight):
     """(model incl. continuum (n_orders, n_max), z, continuum coefficients) at u."""
-    from jblase.likelihood import profile_continuum
-
     p = problem.layout.to_physical(u)
     stellar = jnp.stack([p[k] for k in _STELLAR])
     observed = problem.observed(problem.model_flux(stellar), p)
-    coeffs, continuum = jax.vmap(profile_continuum)(
+    coeffs, model, z = jax.vmap(profiled_residuals)(
         observed, problem.flux, problem.inv_sigma, weight, problem.basis
     )
-    model = continuum * observed
-    z = (problem.flux - model) * problem.inv_sigma * weight
     return model, z, coeffs
 
 
@@ -533,15 +520,21 @@ def _chi2_and_grad(problem: _Problem, u, weight):
     return jax.value_and_grad(lambda v: problem.chi2(v, weight))(u)
 
 
-def _minimise(problem: _Problem, u0, weight, max_iterations: int) -> np.ndarray:
-    """L-BFGS (scipy) on chi2 from u0 with gradients from one jitted ``value_and_grad``.
+def _chi2(problem: _Problem, u, weight) -> float:
+    """chi2 at u from the refinement's own compiled program (no second program to compile)."""
+    return float(_chi2_and_grad(problem, jnp.asarray(u), weight)[0])
+
+
+def _minimise(problem: _Problem, u0, weight, max_iterations: int, scale: float) -> np.ndarray:
+    """L-BFGS (scipy) on chi2 / max(scale, 1) from u0 with gradients from one jitted
+    ``value_and_grad`` (``scale``: chi2 at u0, so the optimiser's tolerances bite).
 
     A host loop around one compiled program: an optax L-BFGS ``while_loop`` (its zoom line
     search holds further copies of the generator) took about three times as long to compile
     on CPU, which dominates a single fit.
     """
     u0 = np.asarray(u0, dtype=np.float64)
-    scale = max(float(_chi2_and_grad(problem, jnp.asarray(u0), weight)[0]), 1.0)
+    scale = max(scale, 1.0)
 
     def fun(u):
         value, grad = _chi2_and_grad(problem, jnp.asarray(u), weight)
@@ -745,11 +738,9 @@ def line_list_model(
 
 def _line_list_grid(spectrum: ObservedSpectrum, settings: FitSettings) -> np.ndarray:
     """An ln-uniform model grid covering the data for every velocity and kernel allowed."""
-    wl = np.asarray(spectrum.wavelength)[np.asarray(spectrum.valid)]
-    lo, hi = float(np.nanmin(wl)), float(np.nanmax(wl))
-    reach = (settings.max_velocity_kms + 2 * settings.max_vsini_kms) / 299_792.458 + 0.002
-    step = 1.0 / settings.line_list_resolution
-    return log_lambda_grid(lo * (1 - reach), hi * (1 + reach), step)
+    lo, hi = _data_range(spectrum)
+    reach = _reach(settings)
+    return log_lambda_grid(lo * (1 - reach), hi * (1 + reach), 1.0 / settings.line_list_resolution)
 
 
 # --------------------------------------------------------------------------- the fit
@@ -808,7 +799,7 @@ def fit(
 
     t = time.perf_counter()
     n_clipped = 0
-    if refine.enabled:
+    if refine.enabled and set(problem.layout.free) != set(nuisance):
         values = _optimise(problem, values, problem.layout.free, refine, weight)
     if settings.robust:
         for _ in range(settings.clip_iterations):
@@ -870,19 +861,13 @@ def _restrict(generator: Generator, spectrum: ObservedSpectrum, settings) -> Gen
     return generator.restrict(max(lo * (1 - reach), gen_wl[0]), min(hi * (1 + reach), gen_wl[-1]))
 
 
-def _stellar_box(gen: Generator, settings: FitSettings) -> np.ndarray:
-    from jblase.inference import _search_bounds
-
-    return _search_bounds(gen, settings.teff_prior, settings.teff_window)
-
-
 def _setup(model, spectrum, settings: FitSettings, mask_intervals):
     """Stage 1 and the problem: data arrays, free parameters, starting values."""
     berv = _berv(settings, spectrum)
     if isinstance(model, Generator):
         gen, fixed_flux = _restrict(model, spectrum, settings), None
         model_wl, fitted_range = np.asarray(gen.wavelength), model.fitted_range
-        box = _stellar_box(gen, settings)
+        box = search_bounds(gen.bounds, settings.teff_prior, settings.teff_window)
     else:
         model_wl, flux = (np.asarray(a, float) for a in model)
         if model_wl.shape != flux.shape:
@@ -972,9 +957,9 @@ def _optimise(problem: _Problem, values: dict, names, refine: RefineSettings, we
         return values
     sub = _sub_problem(problem, values, names)
     u0 = _u(sub, values)
-    start = float(_chi2_value(sub, u0, weight))
-    u = _minimise(sub, u0, weight, 2 * refine.max_iterations)
-    end = float(_chi2_value(sub, jnp.asarray(u), weight))
+    start = _chi2(sub, u0, weight)
+    u = _minimise(sub, u0, weight, 2 * refine.max_iterations, start)
+    end = _chi2(sub, u, weight)
     if not (np.isfinite(end) and end <= start):
         return values
     physical = sub.layout.to_physical(jnp.asarray(u))
@@ -1009,7 +994,7 @@ def _stellar_search(problem: _Problem, values: dict, search: SearchSettings, wei
 
 def _with_estimated_noise(problem: _Problem, values: dict, weight) -> _Problem:
     """Unit uncertainties replaced by the residual scatter (chi2_reduced becomes 1)."""
-    chi2 = float(_chi2_value(problem, _u(problem, values), weight))
+    chi2 = _chi2(problem, _u(problem, values), weight)
     dof = max(
         float(jnp.sum(weight))
         - len(problem.layout.free)

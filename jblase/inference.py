@@ -35,6 +35,7 @@ from jblase.search import (
     guided_phase,
     random_phase,
     refine_in_box,
+    search_bounds,
     split_settings,
 )
 
@@ -146,20 +147,6 @@ def _prepare_data(generator: Generator, wavelength, flux):
     return wl, np.where(good, fl, 1.0), good.astype(np.float64), n_bad
 
 
-def _search_bounds(generator: Generator, teff_prior, teff_window) -> np.ndarray:
-    bounds = generator.bounds.copy()
-    if teff_prior is not None:
-        lo, hi = bounds[0]
-        if not lo <= teff_prior <= hi:
-            raise ValueError(
-                f"teff_prior = {teff_prior} K is outside the grid range [{lo}, {hi}] K"
-            )
-        if not teff_window > 0:
-            raise ValueError(f"teff_window must be positive, got {teff_window}")
-        bounds[0] = [max(lo, teff_prior - teff_window), min(hi, teff_prior + teff_window)]
-    return bounds
-
-
 def _restricted_generators(generator: Generator, wl: np.ndarray, search_dtype):
     """(generator restricted to the data's range, its twin in the search's dtype)."""
     gen_wl = np.asarray(generator.wavelength)
@@ -233,7 +220,7 @@ def infer(
     t_start = time.perf_counter()
     search, refine = split_settings(search, refine, options)
     wl, fl, weight, n_masked = _prepare_data(generator, wavelength, flux)
-    bounds = _search_bounds(generator, teff_prior, teff_window)
+    bounds = search_bounds(generator.bounds, teff_prior, teff_window)
     gen, fast = _restricted_generators(generator, wl, search.search_dtype)
     data = tuple(jnp.asarray(a) for a in (wl, fl, weight))
 

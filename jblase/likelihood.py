@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["chi_square", "profile_continuum", "sigma_clip_weight"]
+__all__ = ["chi_square", "profile_continuum", "profiled_residuals", "sigma_clip_weight"]
 
 #: Ridge on the normal equations, relative to their diagonal: keeps the solve finite when an
 #: order's valid pixels leave a basis function unconstrained.
@@ -45,10 +45,17 @@ def profile_continuum(model, data, inv_sigma, weight, basis):
     return coeffs, basis @ coeffs
 
 
+def profiled_residuals(model, data, inv_sigma, weight, basis):
+    """``(coefficients, continuum * model, z = weighted residual / sigma)`` of one order with
+    its continuum profiled out (arguments as :func:`profile_continuum`)."""
+    coeffs, continuum = profile_continuum(model, data, inv_sigma, weight, basis)
+    full = continuum * model
+    return coeffs, full, (data - full) * inv_sigma * weight
+
+
 def chi_square(model, data, inv_sigma, weight, basis):
     """Chi-square of one order with its continuum profiled out; ``(chi2, residual/sigma)``."""
-    _, continuum = profile_continuum(model, data, inv_sigma, weight, basis)
-    z = (data - continuum * model) * inv_sigma * weight
+    _, _, z = profiled_residuals(model, data, inv_sigma, weight, basis)
     return jnp.sum(z * z), z
 
 

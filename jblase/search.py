@@ -35,6 +35,7 @@ __all__ = [
     "guided_phase",
     "random_phase",
     "refine_in_box",
+    "search_bounds",
     "split_settings",
 ]
 
@@ -137,6 +138,22 @@ def split_settings(
     if unknown:
         raise TypeError(f"unknown search option(s) {unknown}; known: {sorted(names)}")
     return dataclasses.replace(search, **overrides), dataclasses.replace(refine, **refine_kw)
+
+
+def search_bounds(grid_bounds, teff_prior: float | None, teff_window: float) -> np.ndarray:
+    """The (3, 2) search box: the grid's ``(teff, logg, feh)`` bounds with Teff narrowed to
+    ``teff_prior +- teff_window`` K (the paper's prior; None: the whole grid)."""
+    bounds = np.array(grid_bounds, dtype=np.float64)
+    if teff_prior is not None:
+        lo, hi = bounds[0]
+        if not lo <= teff_prior <= hi:
+            raise ValueError(
+                f"teff_prior = {teff_prior} K is outside the grid range [{lo}, {hi}] K"
+            )
+        if not teff_window > 0:
+            raise ValueError(f"teff_window must be positive, got {teff_window}")
+        bounds[0] = [max(lo, teff_prior - teff_window), min(hi, teff_prior + teff_window)]
+    return bounds
 
 
 def random_phase(
