@@ -424,6 +424,18 @@ def parse_args(argv=None):
         action="store_false",
         help="build the manifold from the independent clones (no jblase.complete step)",
     )
+    parser.add_argument(
+        "--propagate",
+        action="store_true",
+        help="propagate the clones across the grid (jblase.propagate) before any completion",
+    )
+    parser.add_argument(
+        "--propagate-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="PropagationSettings fields (epochs, learning_rate, lr_schedule, residual_rounds)",
+    )
     parser.add_argument("--n-per-cell", type=int, default=None, help="off-grid truths per cell")
     parser.add_argument(
         "--line-formation",
@@ -446,6 +458,7 @@ def main(argv=None) -> dict:
     from jblase.complete import CompletionSettings, complete_grid
     from jblase.manifold import Manifold, build_manifold
     from jblase.pipeline import clone_grid
+    from jblase.propagate import PropagationSettings, identity_presence, propagate_grid
 
     enable_compile_cache()
     warnings.filterwarnings("ignore", message="only .* continuum maxima")
@@ -474,6 +487,13 @@ def main(argv=None) -> dict:
         {},
     )
     tag = args.tag or ("" if default_run else settings_key(manifold_key, spec.model.settings()))
+    propagation = (
+        PropagationSettings(**parse_key_values(args.propagate_set, "--propagate-set"))
+        if args.propagate
+        else None
+    )
+    if propagation is not None and not args.tag:
+        tag = "_".join(t for t in (tag, "propagated" + settings_key(propagation)[:4]) if t)
     if not args.complete and not args.tag:
         tag = "_".join(t for t in (tag, "independent") if t)
     grid_name = f"grid_{spec.model.line_formation}"
@@ -504,10 +524,26 @@ def main(argv=None) -> dict:
 
     completion = CompletionSettings() if args.complete else None
     source_dir = clones_dir
+    refit_key = clone_key
+    presence = {"independent": identity_presence(clones_dir)}
+    if propagation is not None:
+        with stage(timings, "propagate", cpu=cpu, message="2a/5 propagating the clones"):
+            refit_key = settings_key(clone_key, propagation)
+            source_dir = workdir / f"propagated_{refit_key}"
+            done = propagate_grid(grid, clones_dir, source_dir, propagation, progress=progress)
+            print(
+                f"   {done['identities']} identities, {done['lines_per_identity']:.1f} points "
+                f"per identity; {done['propagated']} refitted in {done['levels']} levels"
+            )
+            presence["propagated"] = identity_presence(source_dir)
+            summary["cloned"] += done["propagated"]
+        manifold_key = settings_key(manifold_key, propagation)
     if completion is not None:
         with stage(timings, "complete", cpu=cpu, message="2b/5 completing the clones"):
-            source_dir = workdir / f"completed_{settings_key(clone_key, completion)}"
-            done = complete_grid(grid, clones_dir, source_dir, completion, progress=progress)
+            completed_dir = workdir / f"completed_{settings_key(refit_key, completion)}"
+            done = complete_grid(grid, source_dir, completed_dir, completion, progress=progress)
+            source_dir = completed_dir
+            presence["completed"] = identity_presence(source_dir)
             print(f"   {done['identities']} identities; {done['completed']} refitted")
             summary["cloned"] += done["completed"]
         manifold_key = settings_key(manifold_key, completion)
@@ -560,6 +596,13 @@ def main(argv=None) -> dict:
             loo_dir = loo_clones_dir(
                 clones_dir, workdir / "loo" / f"{clone_key}_{AXIS_NAMES[axis]}{i}", dropped
             )
+            if propagation is not None:
+                # Propagated again without the node: nothing of it may reach its neighbours.
+                propagated_dir = loo_dir.with_name(loo_dir.name + "_propagated")
+                shutil.rmtree(propagated_dir, ignore_errors=True)
+                propagate_grid(grid, loo_dir, propagated_dir, propagation, progress=False)
+                shutil.rmtree(loo_dir, ignore_errors=True)
+                loo_dir = propagated_dir
             if completion is not None:
                 # Completed again without the node: nothing of it may reach its neighbours.
                 completed_dir = loo_dir.with_name(loo_dir.name + "_completed")
@@ -629,10 +672,12 @@ def main(argv=None) -> dict:
         },
         "clone_settings": settings.as_dict(),
         "completion": None if completion is None else dataclasses.asdict(completion),
+        "propagation": None if propagation is None else dataclasses.asdict(propagation),
         "clones_dir": os.path.relpath(clones_dir, Path(__file__).resolve().parents[1]),
         "manifold_set": manifold_kwargs,
         "variants": variants,
         "n_line_identities": manifold.n_lines,
+        "identity_presence": presence,
         "offgrid_seed": OFFGRID_SEED,
         "truth_check_max_abs_diff_at_nodes": truth_check,
         "timings_s": timings,

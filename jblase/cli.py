@@ -1,4 +1,5 @@
-"""The ``jblase`` command: fetch, synth-grid, clone, build, reconstruct, infer, fit, demo.
+"""The ``jblase`` command: fetch, synth-grid, clone, complete, propagate, build, reconstruct,
+infer, fit, demo.
 
 Compiled programs are kept between runs in JAX's persistent compilation cache (compilation is
 most of a short command's time on CPU): ``$JBLASE_CACHE_DIR``, by default
@@ -118,13 +119,9 @@ def _cmd_clone(args) -> int:
 
 def _cmd_complete(args) -> int:
     from jblase.complete import CompletionSettings, complete_grid
-    from jblase.grids.phoenix import PhoenixGrid
     from jblase.manifold import read_clones_manifest
 
-    source = read_clones_manifest(args.clones_dir).get("source", {})
-    grid = PhoenixGrid(
-        args.grid_dir, wl_range=tuple(source["wl_range"]) if source.get("wl_range") else None
-    )
+    grid = _clones_grid(args.grid_dir, read_clones_manifest(args.clones_dir))
     settings = CompletionSettings(
         epochs=args.epochs, start_fraction=args.start_fraction, tolerance_px=args.tolerance_px
     )
@@ -136,6 +133,40 @@ def _cmd_complete(args) -> int:
         f"{summary['done']} already done, {summary['completed']} completed now -> {args.out}"
     )
     return 0
+
+
+def _cmd_propagate(args) -> int:
+    from jblase.manifold import read_clones_manifest
+    from jblase.propagate import PropagationSettings, propagate_grid
+
+    grid = _clones_grid(args.grid_dir, read_clones_manifest(args.clones_dir))
+    settings = PropagationSettings(
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
+        residual_rounds=args.residual_rounds,
+        seed=tuple(args.seed) if args.seed else None,
+    )
+    summary = propagate_grid(
+        grid, args.clones_dir, args.out, settings, batch_size=args.batch, progress=not args.quiet
+    )
+    print(
+        f"{summary['total']} grid points in {summary['levels']} levels: {summary['done']} "
+        f"already done, {summary['propagated']} propagated now -> {args.out}; "
+        f"{summary['identities']} line identities, present at {summary['presence_fraction']:.0%} "
+        "of the grid points"
+    )
+    return 0
+
+
+def _clones_grid(grid_dir, manifest):
+    """The grid a clones directory was made from, cropped as its manifest says."""
+    from jblase.grids.phoenix import PhoenixGrid
+
+    source = manifest.get("source", {})
+    return PhoenixGrid(
+        grid_dir, wl_range=tuple(source["wl_range"]) if source.get("wl_range") else None
+    )
 
 
 _BLASE_ONLY = ("wavelength", "wl", "table", "wing_cut")
@@ -442,6 +473,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=int, default=8, help="spectra refitted together")
     p.set_defaults(func=_cmd_complete)
+
+    p = sub.add_parser(
+        "propagate",
+        help="refit the grid point by point from a seed, each point starting from its "
+        "neighbour's lines, so the whole grid shares one decomposition (resumable)",
+    )
+    p.add_argument("grid_dir", type=Path, help="the grid the clones were made from")
+    p.add_argument("clones_dir", type=Path, help="clones directory written by `jblase clone`")
+    p.add_argument("--out", required=True, type=Path, help="propagated clones directory")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per refit pass (default: the clones')"
+    )
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the clones' own")
+    p.add_argument(
+        "--lr-schedule",
+        default=None,
+        help="constant, cosine, exponential or warmup_cosine (default: the clones' own)",
+    )
+    p.add_argument(
+        "--residual-rounds",
+        type=int,
+        default=1,
+        help="rounds of residual line addition after each refit",
+    )
+    p.add_argument(
+        "--seed",
+        nargs=3,
+        type=float,
+        default=None,
+        metavar=("TEFF", "LOGG", "FEH"),
+        help="the grid point to start from (default: the middle of the grid)",
+    )
+    p.add_argument("--batch", type=int, default=8, help="spectra refitted together")
+    p.set_defaults(func=_cmd_propagate)
 
     p = sub.add_parser(
         "build",

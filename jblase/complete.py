@@ -23,6 +23,7 @@ every corner of every cell they touch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -43,7 +44,14 @@ from jblase.manifold import (
 )
 from jblase.preprocess import normalize
 
-__all__ = ["CompletionSettings", "complete_grid", "completion_plan"]
+__all__ = [
+    "CompletionSettings",
+    "complete_grid",
+    "completion_plan",
+    "open_refit_dir",
+    "read_clones",
+    "refit_points",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +79,11 @@ class CompletionSettings:
             )
 
 
-def _read_clones(clones_dir: Path):
+def read_clones(clones_dir: Path) -> tuple[list[GridPoint], list[LineList]]:
+    """The grid points and tuned line lists of every clone file in ``clones_dir``."""
     files = list_clones(clones_dir)
     if not files:
-        raise ValueError(f"{clones_dir}: no clone files to complete")
+        raise ValueError(f"{clones_dir}: no clone files to refit")
     points = list(files)
     lines = [load_line_list(files[p])[0] for p in points]
     return points, lines
@@ -142,6 +151,65 @@ def completion_plan(
     return out
 
 
+def open_refit_dir(
+    grid: SpectralGrid,
+    out_dir: Path,
+    clone_settings: CloneSettings,
+    wavelength: np.ndarray,
+    source: dict,
+    key: str,
+) -> None:
+    """Start (or check, to resume) a refitted clones directory: the grid's wavelengths must be
+    the clones', and an existing ``out_dir`` must hold the same settings and ``source[key]``."""
+    grid_wl = np.asarray(grid.wavelength())
+    if grid_wl.shape != wavelength.shape or not np.array_equal(grid_wl, wavelength):
+        raise ValueError(f"the clones for {out_dir} were made on another wavelength grid")
+    if (out_dir / "manifest.json").exists():
+        stored = read_clones_manifest(out_dir)
+        if (
+            stored.get("settings") != clone_settings.as_dict()
+            or stored.get("source", {}).get(key) != json.loads(json.dumps(source[key]))
+        ):
+            raise ValueError(f"{out_dir} holds a {key} with other settings")
+    else:
+        write_clones_manifest(out_dir, clone_settings, wavelength, source)
+
+
+def refit_points(
+    grid: SpectralGrid,
+    out_dir: Path,
+    points: list[GridPoint],
+    initial: list[LineList],
+    clone_settings: CloneSettings,
+    *,
+    batch_size: int = 8,
+    group_size: int = 64,
+    on_saved=None,
+) -> None:
+    """Tune ``initial[i]`` on the normalised spectrum of ``points[i]`` and write each result to
+    ``out_dir`` atomically as it finishes (``on_saved(point)`` after each); ``group_size``
+    spectra are loaded at a time. Shared by completion and propagation."""
+    wavelength = np.asarray(grid.wavelength())
+    for start in range(0, len(points), group_size):
+        group = [GridPoint(*(float(v) for v in p)) for p in points[start : start + group_size]]
+        fluxes = np.stack([normalize(wavelength, grid.load_flux(p), p.teff) for p in group])
+
+        def save(i: int, result, group=group) -> None:
+            write_clone(out_dir, group[i], result)
+            if on_saved is not None:
+                on_saved(group[i])
+
+        clone_lines_many(
+            wavelength,
+            fluxes,
+            initial[start : start + group_size],
+            clone_settings,
+            batch_size=batch_size,
+            progress=False,
+            on_result=save,
+        )
+
+
 def complete_grid(
     grid: SpectralGrid,
     clones_dir: str | Path,
@@ -170,48 +238,28 @@ def complete_grid(
     clones_dir, out_dir = Path(clones_dir), Path(out_dir)
     manifest = read_clones_manifest(clones_dir)
     wavelength = read_clones_wavelength(clones_dir)
-    grid_wl = np.asarray(grid.wavelength())
-    if grid_wl.shape != wavelength.shape or not np.array_equal(grid_wl, wavelength):
-        raise ValueError(f"{clones_dir} was cloned on another wavelength grid than this grid's")
     # The refit is one pass: residual lines were added when the clones were made.
     clone_settings = dataclasses.replace(
         CloneSettings.from_dict(manifest["settings"]), epochs=settings.epochs, residual_rounds=0
     )
-    points, lines = _read_clones(clones_dir)
+    points, lines = read_clones(clones_dir)
     plan = completion_plan(points, lines, wavelength, settings)
     source = {"completed_from": str(clones_dir), "completion": dataclasses.asdict(settings)}
-    if (out_dir / "manifest.json").exists():
-        stored = read_clones_manifest(out_dir)
-        if (
-            stored.get("settings") != clone_settings.as_dict()
-            or stored.get("source", {}).get("completion") != source["completion"]
-        ):
-            raise ValueError(f"{out_dir} holds a completion with other settings")
-    else:
-        write_clones_manifest(out_dir, clone_settings, wavelength, source)
+    open_refit_dir(grid, out_dir, clone_settings, wavelength, source, "completion")
     done = set(list_clones(out_dir))
     todo = [k for k, p in enumerate(points) if GridPoint(*p) not in done]
     bar = tqdm(total=len(todo), desc="completing clones", unit="spectrum", disable=not progress)
     with bar:
-        for start in range(0, len(todo), group_size):
-            group = todo[start : start + group_size]
-            fluxes = np.stack(
-                [normalize(wavelength, grid.load_flux(points[k]), points[k].teff) for k in group]
-            )
-
-            def save(i: int, result, group=group) -> None:
-                write_clone(out_dir, GridPoint(*points[group[i]]), result)
-                bar.update(1)
-
-            clone_lines_many(
-                wavelength,
-                fluxes,
-                [plan[k] for k in group],
-                clone_settings,
-                batch_size=batch_size,
-                progress=False,
-                on_result=save,
-            )
+        refit_points(
+            grid,
+            out_dir,
+            [points[k] for k in todo],
+            [plan[k] for k in todo],
+            clone_settings,
+            batch_size=batch_size,
+            group_size=group_size,
+            on_saved=lambda _: bar.update(1),
+        )
     n_ident = len({float(x) for ll in plan for x in np.asarray(ll.identity_center)})
     return {
         "done": len(points) - len(todo),

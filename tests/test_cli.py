@@ -65,8 +65,8 @@ FAST_INFER = ["--n-random", "20", "--n-guided", "2", "--quiet"]
 
 #: Options each command's --help must mention.
 HELP_OPTIONS = {
-    None: ["fetch", "synth-grid", "clone", "complete", "build", "reconstruct", "infer", "fit"]
-    + ["demo"],
+    None: ["fetch", "synth-grid", "clone", "complete", "propagate", "build", "reconstruct"]
+    + ["infer", "fit", "demo"],
     "fetch": ["--out", "--teff", "--logg", "--feh", "--base-url", "--quiet"],
     "synth-grid": ["--out", "--teff", "--logg", "--feh", "--wl", "--resolution", "--seed"]
     + ["--quick", "--quiet"],
@@ -75,6 +75,8 @@ HELP_OPTIONS = {
     + ["--fixed-centers", "--residual-rounds", "--residual-prominence", "--quiet"],
     "complete": ["grid_dir", "clones_dir", "--out", "--epochs", "--start-fraction"]
     + ["--tolerance-px", "--batch", "--quiet"],
+    "propagate": ["grid_dir", "clones_dir", "--out", "--epochs", "--learning-rate"]
+    + ["--lr-schedule", "--residual-rounds", "--seed", "--batch", "--quiet"],
     "build": ["clones_dir", "--out", "--fill-missing", "--wavelength", "--wl", "--table"]
     + ["--wing-cut", "--quiet"],
     "reconstruct": ["manifold", "--teff", "--logg", "--feh", "--wl", "--out", "--quiet"],
