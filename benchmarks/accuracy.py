@@ -13,12 +13,20 @@ Mean absolute error and standard deviation of Teff, log g and [Fe/H] are split a
 the paper, for GP-only and GP + gradient. The demo grid, clones and manifold are made (or
 reused) in ``--workdir``.
 
-    python benchmarks/accuracy.py [--quick] [--workdir DIR]
+``--grid fine --manifold FILE`` runs the protocol on the fine, Milne-Eddington grid of
+``benchmarks/fidelity.py`` instead (its simulator gives the off-grid truths; its grid files,
+in ``fidelity.py``'s work directory, the grid-point cases): FILE is a manifold that
+``fidelity.py`` built there (e.g. from propagated clones). ``--sets`` picks the test sets and
+``--interpolation`` the generator's amplitude interpolation.
+
+    python benchmarks/accuracy.py [--quick] [--workdir DIR] [--grid demo|fine]
+        [--manifold FILE] [--sets grid offgrid] [--interpolation linear|log|hybrid] [--tag T]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from jblase.demo import prepare_manifold
 from jblase.generator import Generator
 from jblase.grids.phoenix import PhoenixGrid
 from jblase.inference import infer
+from jblase.manifold import Manifold
 from jblase.preprocess import normalize
 
 PAPER = {
@@ -98,15 +107,33 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--n-offgrid", type=int, default=None)
+    parser.add_argument("--grid", choices=["demo", "fine"], default="demo")
+    parser.add_argument("--manifold", type=Path, default=None, help="with --grid fine")
+    parser.add_argument("--sets", nargs="+", choices=["grid", "offgrid"], default=None)
+    parser.add_argument("--interpolation", default="linear", help="amplitude interpolation")
+    parser.add_argument("--tag", default=None, help="suffix of the JSON name")
     args = parser.parse_args()
-    workdir = args.workdir or RESULTS / ("accuracy_work_quick" if args.quick else "accuracy_work")
+    sets = args.sets or ["grid", "offgrid"]
     t0 = time.perf_counter()
-    manifold, model = prepare_manifold(workdir, quick=args.quick, progress=False)
-    generator = Generator.from_manifold(manifold)
+    if args.grid == "fine":
+        from fidelity import FINE_LINE_FORMATION, grid_spec
+
+        if args.manifold is None:
+            raise SystemExit("--grid fine needs --manifold (a manifold fidelity.py built)")
+        manifold = Manifold.load(args.manifold)
+        model = grid_spec("fine", args.quick).model
+        grid_dir = args.manifold.parent / f"grid_{FINE_LINE_FORMATION}"
+    else:
+        workdir = args.workdir or RESULTS / (
+            "accuracy_work_quick" if args.quick else "accuracy_work"
+        )
+        manifold, model = prepare_manifold(workdir, quick=args.quick, progress=False)
+        grid_dir = workdir / "grid"
+    generator = Generator.from_manifold(manifold, amplitude_interpolation=args.interpolation)
     wl = np.asarray(generator.wavelength)
     n_random, n_guided = (40, 8) if args.quick else (100, 20)
 
-    grid = PhoenixGrid(workdir / "grid")
+    grid = PhoenixGrid(grid_dir, wl_range=(float(wl[0]), float(wl[-1])))
     grid_cases = [(np.array(p), normalize(wl, grid.load_flux(p), p.teff)) for p in grid.points()]
     rng = np.random.default_rng(3)
     n_off = args.n_offgrid or (4 if args.quick else 24)
@@ -117,10 +144,13 @@ def main() -> None:
     if args.quick:
         grid_cases = grid_cases[:: max(1, len(grid_cases) // 6)]
 
-    rows = run_set("grid", generator, wl, grid_cases, n_random, n_guided)
-    rows += run_set("offgrid", generator, wl, off_cases, n_random, n_guided, seed0=1000)
+    rows = []
+    if "grid" in sets:
+        rows += run_set("grid", generator, wl, grid_cases, n_random, n_guided)
+    if "offgrid" in sets:
+        rows += run_set("offgrid", generator, wl, off_cases, n_random, n_guided, seed0=1000)
 
-    summary = {s: _summary([r for r in rows if r["set"] == s]) for s in ("grid", "offgrid")}
+    summary = {s: _summary([r for r in rows if r["set"] == s]) for s in sets}
     table = []
     for s, splits in summary.items():
         for split, entry in splits.items():
@@ -158,9 +188,15 @@ def main() -> None:
     print()
     print_table(table, list(table[0]))
     seconds = [r["seconds"] for r in rows]
+    name = "accuracy" + ("" if args.grid == "demo" else f"_{args.grid}")
+    name += ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
     write_results(
-        "accuracy" + ("_quick" if args.quick else ""),
+        name,
         {
+            "command": " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]]),
+            "grid": args.grid,
+            "manifold": None if args.manifold is None else str(args.manifold),
+            "amplitude_interpolation": args.interpolation,
             "protocol": {"n_random": n_random, "n_guided": n_guided, "teff_window": 500.0},
             "grid_axes": [np.asarray(a).tolist() for a in manifold.axes],
             "rows": rows,

@@ -35,7 +35,16 @@ comma-separated ``KEY=VALUE`` lists passed to :meth:`jblase.generator.Generator.
 crop, so variants never overwrite each other and reruns skip finished clones. Results that are
 not the defaults' go to a JSON named after their settings unless ``--tag`` names it.
 
-    python benchmarks/fidelity.py --grid demo|fine [--quick] [--interpolation linear log]
+Pipelines: independent clones (``--no-complete``), completed (the default: ``jblase.complete``
+after cloning), propagated (``--propagate``: ``jblase.propagate`` from the seed's clone, with
+``--propagate-set KEY=VALUE`` into :class:`jblase.propagate.PropagationSettings`; add
+``--no-complete`` to build from the propagated clones alone). Leave-one-out redoes the
+propagation and the completion without the dropped node, so nothing of it reaches the manifold.
+The JSON's ``identity_presence`` gives identities, grid points per identity and the presence
+fraction of each stage's clones.
+
+    python benchmarks/fidelity.py --grid demo|fine [--quick] [--interpolation linear log hybrid]
+        [--propagate [--propagate-set KEY=VALUE ...]] [--no-complete]
         [--variants KEY=VALUE[,KEY=VALUE...] ...] [--clone-epochs N] [--clone-lr LR]
         [--clone-profile NAME] [--clone-set KEY=VALUE ...] [--loo all|none|N] [--loo-logg]
         [--n-per-cell N] [--line-formation LAW] [--wl LO HI] [--workdir DIR] [--out DIR]
@@ -526,6 +535,10 @@ def main(argv=None) -> dict:
     source_dir = clones_dir
     refit_key = clone_key
     presence = {"independent": identity_presence(clones_dir)}
+    print(
+        f"   independent clones: {presence['independent']['identities']} identities, "
+        f"{presence['independent']['lines_per_identity']:.1f} points per identity"
+    )
     if propagation is not None:
         with stage(timings, "propagate", cpu=cpu, message="2a/5 propagating the clones"):
             refit_key = settings_key(clone_key, propagation)
@@ -600,7 +613,11 @@ def main(argv=None) -> dict:
                 # Propagated again without the node: nothing of it may reach its neighbours.
                 propagated_dir = loo_dir.with_name(loo_dir.name + "_propagated")
                 shutil.rmtree(propagated_dir, ignore_errors=True)
-                propagate_grid(grid, loo_dir, propagated_dir, propagation, progress=False)
+                gone = {GridPoint(*map(float, q)) for q in dropped}
+                kept = [q for q in grid.points() if q not in gone]
+                propagate_grid(
+                    grid, loo_dir, propagated_dir, propagation, points=kept, progress=False
+                )
                 shutil.rmtree(loo_dir, ignore_errors=True)
                 loo_dir = propagated_dir
             if completion is not None:

@@ -494,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--residual-rounds",
         type=int,
-        default=1,
-        help="rounds of residual line addition after each refit",
+        default=None,
+        help="rounds of residual line addition after each refit (default: the clones')",
     )
     p.add_argument(
         "--seed",

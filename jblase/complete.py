@@ -166,10 +166,9 @@ def open_refit_dir(
         raise ValueError(f"the clones for {out_dir} were made on another wavelength grid")
     if (out_dir / "manifest.json").exists():
         stored = read_clones_manifest(out_dir)
-        if (
-            stored.get("settings") != clone_settings.as_dict()
-            or stored.get("source", {}).get(key) != json.loads(json.dumps(source[key]))
-        ):
+        if stored.get("settings") != clone_settings.as_dict() or stored.get("source", {}).get(
+            key
+        ) != json.loads(json.dumps(source[key])):
             raise ValueError(f"{out_dir} holds a {key} with other settings")
     else:
         write_clones_manifest(out_dir, clone_settings, wavelength, source)

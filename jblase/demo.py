@@ -68,11 +68,11 @@ def prepare_manifold(
     Returns ``(manifold, model)``: the loaded :class:`~jblase.manifold.Manifold` and the
     :class:`~jblase.grids.synthetic.SyntheticGridModel` that wrote the grid (the truth).
     """
-    from jblase.complete import complete_grid
     from jblase.grids import synthetic
     from jblase.grids.phoenix import PhoenixGrid
     from jblase.manifold import Manifold, build_manifold, directory_size
     from jblase.pipeline import clone_grid
+    from jblase.propagate import propagate_grid, propagation_seed
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,30 +89,37 @@ def prepare_manifold(
     t = time.perf_counter()
     grid = PhoenixGrid(grid_dir)
     settings = DEMO_CLONE_SETTINGS if clone_settings is None else clone_settings
-    summary = clone_grid(grid, out / "clones", settings, batch_size=8, progress=progress)
-    print(f"   {summary['cloned']} cloned, {summary['done']} already done")
-    # Every line gets a fitted value at each grid point next to one where it was detected, so
-    # interpolation between grid points has a value at every corner (jblase.complete).
-    completed = complete_grid(
-        grid, out / "clones", out / "completed", batch_size=8, progress=progress
+    # One grid point is cloned on its own; every other one starts from its neighbour's tuned
+    # lines (jblase.propagate), so the whole grid shares one decomposition into lines.
+    seed = propagation_seed(grid.points())
+    seed_grid = PhoenixGrid(
+        grid_dir,
+        teff_range=(seed.teff,) * 2,
+        logg_range=(seed.logg,) * 2,
+        feh_range=(seed.feh,) * 2,
+    )
+    summary = clone_grid(seed_grid, out / "clones", settings, batch_size=8, progress=progress)
+    print(f"   seed {tuple(seed)}: {summary['cloned']} cloned, {summary['done']} already done")
+    propagated = propagate_grid(
+        grid, out / "clones", out / "propagated", batch_size=8, progress=progress
     )
     print(
-        f"   completed: {completed['identities']} line identities; "
-        f"{completed['completed']} refitted, {completed['done']} already done"
+        f"   propagated over {propagated['levels']} levels: {propagated['identities']} line "
+        f"identities; {propagated['propagated']} refitted, {propagated['done']} already done"
     )
     timings["clone"] = time.perf_counter() - t
 
     _stage("3/5 building the line manifold")
     t = time.perf_counter()
     manifold_path = out / "manifold.npz"
-    if not manifold_path.exists() or completed["completed"]:
-        build_manifold(out / "completed", progress=progress).save(manifold_path)
+    if not manifold_path.exists() or propagated["propagated"]:
+        build_manifold(out / "propagated", progress=progress).save(manifold_path)
     manifold = Manifold.load(manifold_path)
     grid_shape = "x".join(str(len(a)) for a in axes)
     print(
         f"   {manifold.n_lines} lines x {grid_shape} grid; "
-        f"{manifold_path.stat().st_size / 1e6:.2f} MB (completed clones: "
-        f"{directory_size(out / 'completed') / 1e6:.2f} MB)"
+        f"{manifold_path.stat().st_size / 1e6:.2f} MB (propagated clones: "
+        f"{directory_size(out / 'propagated') / 1e6:.2f} MB)"
     )
     timings["manifold"] = time.perf_counter() - t
     return manifold, model

@@ -88,8 +88,15 @@ LN_AMPLITUDE_CUTOFF = -100.0
 #: "log": trilinear in ln a, as the paper (a line absent at any corner of a cell, ln a = -1000,
 #: vanishes a hair away from the points where it was detected). "linear": trilinear in a, so a
 #: line fades linearly to zero towards the grid points where it was not detected. Both
-#: reproduce every grid point's clone exactly.
-AMPLITUDE_INTERPOLATIONS = ("linear", "log")
+#: reproduce every grid point's clone exactly. "hybrid": trilinear in ln a inside a cell where
+#: the line is present at every corner with a non-zero weight (strengths vary roughly
+#: exponentially with Teff), in a elsewhere (a line fades linearly towards the corners that
+#: lack it); it carries a and the presence as two more channels. The generator then steps
+#: where a point crosses onto a face whose far corners lack a line (by the difference of the
+#: two interpolations there).
+AMPLITUDE_INTERPOLATIONS = ("linear", "log", "hybrid")
+#: Parameter channels of the generator's values per mode.
+_CHANNELS = {"linear": 4, "log": 4, "hybrid": 6}
 #: Window elements (tiles x tile pixels) per forward-model step on CPU, over the whole batch.
 GENERATOR_CHUNK_ELEMENTS_CPU = 1 << 18
 #: The same on accelerators, where per-step costs dominate: at most this many over the batch,
@@ -122,7 +129,8 @@ class Generator(eqx.Module):
     Attributes:
         identity_center: line identities in A, float64 (n_lines,).
         values: (n_teff, n_logg, n_feh, 4, n_lines) of (centre - identity [A], ln a,
-            ln sigma [ln A], ln gamma [ln A]); float32 or float64.
+            ln sigma [ln A], ln gamma [ln A]); float32 or float64. ``"hybrid"`` amplitude
+            interpolation adds a and the presence (1 or 0): (..., 6, n_lines).
         axes: (teff [K], logg [dex], feh [dex]) grid axes, float64, strictly increasing.
         wavelength: output wavelengths in A, float64 (n_pix,).
         wavelength_padded: ``wavelength`` plus ``pad_lo`` / ``pad_hi`` extra pixels evaluated
@@ -170,16 +178,15 @@ class Generator(eqx.Module):
     def __check_init__(self):
         n_lines = self.identity_center.shape[0]
         grid = tuple(a.shape[0] for a in self.axes)
-        if self.values.shape != (*grid, 4, n_lines):
-            raise ValueError(
-                f"values has shape {self.values.shape}, expected {(*grid, 4, n_lines)}"
-            )
         get_profile(self.profile)  # "unknown profile ..." for a bad name
         if self.amplitude_interpolation not in AMPLITUDE_INTERPOLATIONS:
             raise ValueError(
                 f"amplitude_interpolation must be one of {AMPLITUDE_INTERPOLATIONS}, "
                 f"got {self.amplitude_interpolation!r}"
             )
+        expected = (*grid, _CHANNELS[self.amplitude_interpolation], n_lines)
+        if self.values.shape != expected:
+            raise ValueError(f"values has shape {self.values.shape}, expected {expected}")
         if self.wavelength_padded.shape[0] <= self.pad_lo + self.pad_hi:
             raise ValueError("generator has no output pixels")
 
@@ -207,7 +214,11 @@ class Generator(eqx.Module):
         identity = identity[order]
         values = np.array(values)[order]
         cap = _grid_window_cap(wl, identity, values, int(wing_cut), profile, flux_tolerance)
-        if amplitude_interpolation == "linear":
+        if amplitude_interpolation == "hybrid":
+            present = values[..., 1:2] >= LN_AMPLITUDE_CUTOFF
+            extra = [np.where(present, np.exp(values[..., 1:2]), 0.0), present]
+            values = np.concatenate([values, *(x.astype(values.dtype) for x in extra)], -1)
+        elif amplitude_interpolation == "linear":
             values[..., 1] = np.exp(values[..., 1])
         return cls(
             identity_center=jnp.asarray(identity),
@@ -344,16 +355,22 @@ class Generator(eqx.Module):
         """Interpolated (center [A] float64, ln a, ln sigma, ln gamma, mask), each (n_lines,)
         for params (3,), or (n, n_lines) for params (n, 3)."""
         theta = jnp.asarray(params, jnp.float64)
-        v = interpolate_batch(self.values, self.axes, jnp.atleast_2d(theta))  # (n, 4, n_lines)
+        v = interpolate_batch(self.values, self.axes, jnp.atleast_2d(theta))  # (n, 4|6, n_lines)
         v = v if theta.ndim == 2 else v[0]
         center = self.identity_center + v[..., 0, :].astype(jnp.float64)
-        if self.amplitude_interpolation == "linear":
-            amplitude = v[..., 1, :].astype(jnp.float64)
-            mask = amplitude >= np.exp(LN_AMPLITUDE_CUTOFF)
-            ln_a = jnp.log(jnp.where(mask, amplitude, 1.0))
-        else:
+        if self.amplitude_interpolation == "log":
             ln_a = v[..., 1, :].astype(jnp.float64)
             mask = ln_a >= LN_AMPLITUDE_CUTOFF
+        else:
+            amplitude = v[..., 1 if self.amplitude_interpolation == "linear" else 4, :]
+            amplitude = amplitude.astype(jnp.float64)
+            mask = amplitude >= np.exp(LN_AMPLITUDE_CUTOFF)
+            ln_a = jnp.log(jnp.where(mask, amplitude, 1.0))
+            if self.amplitude_interpolation == "hybrid":
+                # Present at every corner that carries weight: the weights sum to 1 there.
+                everywhere = v[..., 5, :] >= 1.0 - 1e-6
+                mask = jnp.where(everywhere, True, mask)
+                ln_a = jnp.where(everywhere, v[..., 1, :].astype(jnp.float64), ln_a)
         ln_s, ln_g = (v[..., k, :].astype(jnp.float64) for k in (2, 3))
         return center, ln_a, ln_s, ln_g, mask
 

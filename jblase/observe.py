@@ -137,7 +137,13 @@ _LOCATION_GEODETIC = (
     ("OBS-LONG", "OBS-LAT", "OBS-ELEV"),
 )
 _SITE_KEYS = ("OBSERVAT", "TELESCOP")
-_COORD_KEYS = (("RA", "DEC"), ("OBJRA", "OBJDEC"), ("RA_OBJ", "DEC_OBJ"), ("RA-OBJ", "DEC-OBJ"))
+_COORD_KEYS = (
+    ("RA", "DEC"),
+    ("OBJRA", "OBJDEC"),
+    ("RA_OBJ", "DEC_OBJ"),
+    ("RA-OBJ", "DEC-OBJ"),
+    ("QRA", "QDEC"),  # HPF: its numeric RA is in hours, its QRA / QDEC sexagesimal
+)
 _MID_TIME_KEYS = ("MJD-AVG", "DATE-AVG")
 _START_TIME_KEYS = ("MJD-OBS", "DATE-OBS", "JD")
 _EXPOSURE_KEYS = ("EXPTIME", "EXPOSURE", "ELAPSED")
@@ -178,18 +184,24 @@ def _header_location(header) -> Any:
     )
 
 
+def _sexagesimal(value) -> bool:
+    return isinstance(value, str) and (":" in value or len(value.split()) == 3)
+
+
 def _header_coordinates(header) -> Any:
     import astropy.units as u
     from astropy.coordinates import SkyCoord
 
-    for ra_key, dec_key in _COORD_KEYS:
-        if ra_key in header and dec_key in header:
-            ra, dec = header[ra_key], header[dec_key]
-            # FITS convention: numeric RA in degrees, sexagesimal RA in hours.
-            ra_unit = u.hourangle if isinstance(ra, str) and ":" in ra else u.deg
-            frame = str(header.get("RADESYS", "ICRS")).strip().lower()
-            kwargs = {"equinox": f"J{float(header['EQUINOX'])}"} if frame == "fk5" else {}
-            return SkyCoord(_angle(ra, ra_unit), _angle(dec, u.deg), frame=frame, **kwargs)
+    pairs = [(r, d) for r, d in _COORD_KEYS if r in header and d in header]
+    # A sexagesimal RA says its unit (hours); a numeric one is degrees by the FITS convention,
+    # which some pipelines (HPF) break, so a sexagesimal pair is preferred where there is one.
+    pairs.sort(key=lambda pair: not _sexagesimal(header[pair[0]]))
+    for ra_key, dec_key in pairs[:1]:
+        ra, dec = header[ra_key], header[dec_key]
+        ra_unit = u.hourangle if _sexagesimal(ra) else u.deg
+        frame = str(header.get("RADESYS", "ICRS")).strip().lower()
+        kwargs = {"equinox": f"J{float(header['EQUINOX'])}"} if frame == "fk5" else {}
+        return SkyCoord(_angle(ra, ra_unit), _angle(dec, u.deg), frame=frame, **kwargs)
     raise ValueError(
         "FITS header lacks the target coordinates: none of "
         + ", ".join(f"{r} / {d}" for r, d in _COORD_KEYS)
@@ -249,8 +261,9 @@ def berv_from_header(
       positive), latitude and elevation (m) from OBSGEO-L/B/H, SITELONG/SITELAT/SITEELEV,
       LONGITUD/LATITUDE/ALTITUDE or OBS-LONG/OBS-LAT/OBS-ELEV (degrees or sexagesimal
       strings); else a site name in OBSERVAT or TELESCOP (``EarthLocation.of_site``).
-    - ``coord`` (``SkyCoord``): RA/DEC, OBJRA/OBJDEC, RA_OBJ/DEC_OBJ or RA-OBJ/DEC-OBJ; numbers
-      in degrees, "hh:mm:ss" RA in hours; frame from RADESYS (default ICRS) and EQUINOX.
+    - ``coord`` (``SkyCoord``): RA/DEC, OBJRA/OBJDEC, RA_OBJ/DEC_OBJ, RA-OBJ/DEC-OBJ or
+      QRA/QDEC (a sexagesimal pair first where there is one); numbers in degrees, "hh:mm:ss"
+      RA in hours; frame from RADESYS (default ICRS) and EQUINOX.
     - ``obstime`` (``Time``): MJD-AVG or DATE-AVG (mid-exposure); else MJD-OBS, DATE-OBS (with
       TIME-OBS if the date has no time) or JD, the exposure's start, moved to mid-exposure by
       half of EXPTIME / EXPOSURE / ELAPSED (s) when ``mid_exposure``; scale from TIMESYS

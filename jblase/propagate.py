@@ -14,8 +14,9 @@ parameters mixes unrelated entries. Propagation makes the decomposition one cont
    *propagated* lines (centres, strengths, widths and identities) and is refitted on its own
    spectrum, so a line moves, grows or fades continuously from point to point instead of being
    re-detected;
-3. each refit ends with ``residual_rounds`` rounds of residual-driven line addition, so lines
-   that appear away from the seed are added (new identities) and inherited from there on.
+3. each refit ends with the clones' ``residual_rounds`` rounds of residual-driven line
+   addition, so lines that appear away from the seed are added (new identities) and inherited
+   from there on.
 
 Lines that fade keep a small fitted strength rather than disappearing, so the manifold has a
 value for them at the corners of the cells they cross. Points are refitted level by level
@@ -34,12 +35,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jblase.clone import LR_SCHEDULES, CloneSettings
-from jblase.complete import open_refit_dir, read_clones, refit_points
+from jblase.complete import open_refit_dir, refit_points
 from jblase.grids.base import GridPoint, SpectralGrid
 from jblase.io import load_line_list
 from jblase.manifold import list_clones, read_clones_manifest, read_clones_wavelength
 
-__all__ = ["PropagationSettings", "propagate_grid", "propagation_tree"]
+__all__ = [
+    "PropagationSettings",
+    "identity_presence",
+    "propagate_grid",
+    "propagation_seed",
+    "propagation_tree",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +57,8 @@ class PropagationSettings:
         epochs: epochs of each refit pass; None: the clones' own.
         learning_rate: None: the clones' own.
         lr_schedule: one of :data:`jblase.clone.LR_SCHEDULES`; None: the clones' own.
-        residual_rounds: rounds of residual-driven line addition after each refit.
+        residual_rounds: rounds of residual-driven line addition after each refit; None: the
+            clones' own.
         seed: the grid point the propagation starts from (Teff, log g, [Fe/H]); None: the
             point nearest the middle of every axis.
         axis_order: the axes (0 Teff, 1 log g, 2 [Fe/H]) in the order the tree spreads along
@@ -60,7 +68,7 @@ class PropagationSettings:
     epochs: int | None = None
     learning_rate: float | None = None
     lr_schedule: str | None = None
-    residual_rounds: int = 1
+    residual_rounds: int | None = None
     seed: tuple[float, float, float] | None = None
     axis_order: tuple[int, int, int] = (0, 1, 2)
 
@@ -71,15 +79,15 @@ class PropagationSettings:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.residual_rounds < 0:
+        if self.residual_rounds is not None and self.residual_rounds < 0:
             raise ValueError(f"residual_rounds must be >= 0, got {self.residual_rounds}")
         if sorted(self.axis_order) != [0, 1, 2]:
             raise ValueError(f"axis_order must order the axes 0, 1, 2; got {self.axis_order}")
 
     def clone_settings(self, base: CloneSettings) -> CloneSettings:
         """The clones' settings with this refit's epochs, learning rate and rounds."""
-        changes = {"residual_rounds": self.residual_rounds}
-        for name in ("epochs", "learning_rate", "lr_schedule"):
+        changes = {}
+        for name in ("epochs", "learning_rate", "lr_schedule", "residual_rounds"):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         return dataclasses.replace(base, **changes)
@@ -152,27 +160,42 @@ def propagation_tree(
     return parent, depth
 
 
+def propagation_seed(
+    points: list[GridPoint], settings: PropagationSettings | None = None
+) -> GridPoint:
+    """The point a propagation over ``points`` starts from (``settings.seed`` or the middle):
+    the one grid point that needs a clone of its own."""
+    settings = settings or PropagationSettings()
+    parent, _ = propagation_tree(points, settings.seed, settings.axis_order)
+    return GridPoint(*(float(v) for v in points[int(np.flatnonzero(parent < 0)[0])]))
+
+
 def propagate_grid(
     grid: SpectralGrid,
     clones_dir: str | Path,
     out_dir: str | Path,
     settings: PropagationSettings | None = None,
     *,
+    points: list[GridPoint] | None = None,
     batch_size: int = 8,
     group_size: int = 64,
     progress: bool = True,
 ) -> dict:
-    """Propagate the clones of ``grid`` in ``clones_dir`` into ``out_dir`` (resumable).
+    """Propagate a clone of ``grid`` across the grid into ``out_dir`` (resumable).
 
-    Only the seed's clone is read from ``clones_dir`` (and its settings and wavelengths); every
-    other point is refitted from its parent's result (see the module docstring).
+    Only the seed's clone is read from ``clones_dir`` (with the clones' settings and
+    wavelengths): ``clones_dir`` may hold the whole grid's independent clones or the seed's
+    alone (``jblase clone GRID --teff T T --logg G G --feh Z Z``). Every other point is refitted
+    from its parent's result (see the module docstring).
 
     Args:
-        grid: the spectra that were cloned (the same points and wavelengths).
-        clones_dir: a directory written by :func:`jblase.pipeline.clone_grid`.
+        grid: the spectra (the clones' wavelengths).
+        clones_dir: a directory written by :func:`jblase.pipeline.clone_grid` holding at least
+            the seed's clone.
         out_dir: the propagated clones directory; points already there are kept and serve as
             parents.
         settings: :class:`PropagationSettings`.
+        points: the grid points to propagate over (default: every point of ``grid``).
         batch_size, group_size: as :func:`jblase.pipeline.clone_grid`.
 
     Returns:
@@ -184,12 +207,19 @@ def propagate_grid(
     manifest = read_clones_manifest(clones_dir)
     wavelength = read_clones_wavelength(clones_dir)
     clone_settings = settings.clone_settings(CloneSettings.from_dict(manifest["settings"]))
-    points, lines = read_clones(clones_dir)
+    points = [GridPoint(*(float(v) for v in p)) for p in (points or grid.points())]
+    if not points:
+        raise ValueError("no grid points to propagate over")
     parent, depth = propagation_tree(points, settings.seed, settings.axis_order)
-    propagation = {
-        **dataclasses.asdict(settings),
-        "seed": [float(v) for v in points[int(np.flatnonzero(parent < 0)[0])]],
-    }
+    seed = propagation_seed(points, settings)
+    cloned = list_clones(clones_dir)
+    if seed not in cloned:
+        raise ValueError(
+            f"{clones_dir} has no clone of the propagation seed {tuple(seed)}: clone it first "
+            f"(jblase clone GRID --out {clones_dir} --teff {seed.teff:g} {seed.teff:g} "
+            f"--logg {seed.logg:g} {seed.logg:g} --feh {seed.feh:g} {seed.feh:g})"
+        )
+    propagation = {**dataclasses.asdict(settings), "seed": list(seed)}
     open_refit_dir(
         grid,
         out_dir,
@@ -199,18 +229,17 @@ def propagate_grid(
         "propagation",
     )
     done = set(list_clones(out_dir))
-    n_todo = sum(GridPoint(*p) not in done for p in points)
+    n_todo = sum(p not in done for p in points)
     bar = tqdm(total=n_todo, desc="propagating clones", unit="spectrum", disable=not progress)
     with bar:
         for level in range(int(depth.max()) + 1):
-            todo = [k for k in np.flatnonzero(depth == level) if GridPoint(*points[k]) not in done]
+            todo = [k for k in np.flatnonzero(depth == level) if points[k] not in done]
             if not todo:
                 continue
-            files = list_clones(out_dir)
-            initial = [
-                lines[k] if parent[k] < 0 else load_line_list(files[points[parent[k]]])[0]
-                for k in todo
-            ]
+            # The seed starts from its own clone, every other point from its parent's result.
+            files = cloned if level == 0 else list_clones(out_dir)
+            sources = [points[k] if level == 0 else points[parent[k]] for k in todo]
+            initial = [load_line_list(files[p])[0] for p in sources]
             refit_points(
                 grid,
                 out_dir,
@@ -221,7 +250,7 @@ def propagate_grid(
                 group_size=group_size,
                 on_saved=lambda _: bar.update(1),
             )
-            done |= {GridPoint(*points[k]) for k in todo}
+            done |= {points[k] for k in todo}
     return {
         "done": len(points) - n_todo,
         "propagated": n_todo,

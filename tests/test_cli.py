@@ -367,8 +367,9 @@ def test_build_fill_missing(work, tmp_path):
 
 def test_demo_end_to_end_at_a_tiny_size(work, tmp_path, capsys):
     """run_demo (what `jblase demo` runs) on the module's grid, with its clones copied in (the
-    demo resumes them: its cloning stage has nothing left to do), one star, the random
-    search alone (compiling the guided search and the refinement would triple the time)."""
+    demo resumes them: the seed's clone is done, the propagation refits the rest), one star,
+    the random search alone (compiling the guided search and the refinement would triple the
+    time)."""
     out = tmp_path / "demo"
     shutil.copytree(work["grid"], out / "grid")
     shutil.copytree(work["clones"], out / "clones")
@@ -384,7 +385,8 @@ def test_demo_end_to_end_at_a_tiny_size(work, tmp_path, capsys):
         infer_options={"n_random": 8, "n_guided": 0, "refine": False},
     )
     printed = capsys.readouterr().out
-    assert f"0 cloned, {N_POINTS} already done" in printed
+    assert "seed (5500.0, 4.5, 0.0): 0 cloned, 1 already done" in printed
+    assert f"{N_POINTS} refitted, 0 already done" in printed
     assert "true Teff" in printed and "mean |error|: GP + gradient" in printed
     assert json.loads((out / "summary.json").read_text()) == json.loads(
         json.dumps(summary, default=float)

@@ -35,7 +35,7 @@ def generator():
     return Generator.from_arrays(identity, values, AXES, wl, wing_cut=2000)
 
 
-@pytest.mark.parametrize("mode", ["linear", "log"])
+@pytest.mark.parametrize("mode", ["linear", "log", "hybrid"])
 def test_grid_point_reproduces_the_node_lines(mode):
     identity, values, wl = _random_manifold()
     generator = Generator.from_arrays(
@@ -56,10 +56,10 @@ def test_grid_point_reproduces_the_node_lines(mode):
         )
         got = generator(jnp.array([AXES[0][i], AXES[1][j], AXES[2][k]]))
         # "linear" stores a = exp(ln a) in float32: a round trip of one float32 rounding
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 if mode == "log" else 1e-6)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 if mode == "linear" else 1e-12)
 
 
-@pytest.mark.parametrize("mode", ["linear", "log"])
+@pytest.mark.parametrize("mode", ["linear", "log", "hybrid"])
 def test_off_grid_interpolates_line_parameters(mode):
     identity, values, wl = _random_manifold()
     generator = Generator.from_arrays(
@@ -67,19 +67,29 @@ def test_off_grid_interpolates_line_parameters(mode):
     )
     theta = np.array([4700.0, 4.2, -0.1])
     center, ln_a, ln_s, ln_g, mask = generator.line_parameters(theta)
-    # Trilinear weights by hand, in ln a ("log", the paper) or in a ("linear")
+    # Trilinear weights by hand, in ln a ("log", the paper) or in a ("linear"); "hybrid": in
+    # ln a for the lines present at all 8 corners of the cell, in a for the others.
     values = values.astype(np.float64)
-    if mode == "linear":
-        values[..., 1] = np.exp(values[..., 1])
     t = [(4700 - 4500) / 500, (4.2 - 4.0) / 0.5, (-0.1 + 0.5) / 0.5]
-    expected = 0.0
+    expected, expected_lin, everywhere = 0.0, 0.0, True
     for ci in (0, 1):
         for cj in (0, 1):
             for ck in (0, 1):
                 w = (t[0] if ci else 1 - t[0]) * (t[1] if cj else 1 - t[1])
                 w = w * (t[2] if ck else 1 - t[2])
-                expected = expected + w * values[:, 1 + ci, cj, ck]
-    expected_ln_a = np.log(expected[:, 1]) if mode == "linear" else expected[:, 1]
+                corner = values[:, 1 + ci, cj, ck]
+                expected = expected + w * corner
+                expected_lin = expected_lin + w * np.exp(corner[:, 1])
+                everywhere = everywhere & (corner[:, 1] > -100)
+    with np.errstate(divide="ignore"):
+        ln_lin = np.log(expected_lin)
+    expected_ln_a = {
+        "linear": ln_lin,
+        "log": expected[:, 1],
+        "hybrid": np.where(everywhere, expected[:, 1], ln_lin),
+    }[mode]
+    if mode == "hybrid":  # both kinds of line are in the test
+        assert 10 < everywhere.sum() < everywhere.size - 10
     expected_mask = expected_ln_a >= -100
     np.testing.assert_array_equal(mask, expected_mask)
     np.testing.assert_allclose(
@@ -165,10 +175,13 @@ def test_chunk_elements_per_step(generator, monkeypatch):
     assert generator_chunk_elements(100_000) == cap
 
 
-def test_gradient_matches_finite_differences():
+@pytest.mark.parametrize("mode", ["linear", "hybrid"])
+def test_gradient_matches_finite_differences(mode):
     identity, values, wl = _random_manifold(n_lines=80, n_pix=6000, seed=5)
     # float64 values so finite differences are not swamped by float32 rounding
-    generator = Generator.from_arrays(identity, values.astype(np.float64), AXES, wl, wing_cut=2000)
+    generator = Generator.from_arrays(
+        identity, values.astype(np.float64), AXES, wl, wing_cut=2000, amplitude_interpolation=mode
+    )
     theta = jnp.array([4730.0, 4.21, -0.13])
     target = generator(jnp.array([4800.0, 4.3, -0.2]))
     loss = lambda p: jnp.mean((generator(p) - target) ** 2)  # noqa: E731

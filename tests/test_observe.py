@@ -487,9 +487,9 @@ def test_bad_input_raises_clear_errors(setup):
 def test_berv_from_the_real_hpf_header_matches_the_pipelines_brvcorr():
     """The HPF pipeline's own barycentric correction (BRVCORR, m/s) of the real WASP-69 order,
     against astropy from the header's DATE-OBS and sexagesimal target (QRA/QDEC, J2000) at the
-    HET (McDonald Observatory). Its numeric RA keyword is in hours, not the degrees the reader
-    assumes for numbers, so the target is passed explicitly; the site name is not in astropy's
-    offline registry. The two agree to a few m/s (the pipeline corrects to the photon-weighted
+    HET (McDonald Observatory). Its numeric RA keyword is in hours, not the FITS convention's
+    degrees: the reader prefers the sexagesimal pair, so the header alone gives the target
+    (the same as passing it); the site name is not in astropy's offline registry. The two agree to a few m/s (the pipeline corrects to the photon-weighted
     mid-exposure and for proper motion)."""
     from jblase.spectra import read_observed
 
@@ -503,3 +503,4 @@ def test_berv_from_the_real_hpf_header_matches_the_pipelines_brvcorr():
     target = SkyCoord(header["QRA"], header["QDEC"], unit=(u.hourangle, u.deg))
     berv = berv_from_header(header, location=het, coord=target)
     assert berv == pytest.approx(header["BRVCORR"] / 1e3, abs=0.01)
+    assert berv_from_header(header, location=het) == pytest.approx(berv, abs=1e-9)

@@ -158,3 +158,36 @@ def test_propagation_brings_the_generator_closer_to_the_truth_between_grid_point
                 errs[name].append(np.sqrt(np.mean((pred - truth)[act] ** 2)))
     med = {k: float(np.median(v)) for k, v in errs.items()}
     assert med["propagated"] < 0.5 * med["clones"], med
+
+
+def test_propagation_needs_only_the_seeds_clone_and_names_it_when_missing(small_grid, tmp_path):
+    import shutil
+
+    from jblase.manifold import MANIFEST_NAME, WAVELENGTH_NAME, list_clones
+    from jblase.propagate import propagate_grid, propagation_seed
+
+    root, grid = small_grid["root"], small_grid["grid"]
+    assert propagation_seed(grid.points()) == GridPoint(5500.0, 4.5, 0.0)
+    files = list_clones(root / "clones")
+    partial = tmp_path / "clones"
+    partial.mkdir()
+    for name in (MANIFEST_NAME, WAVELENGTH_NAME):
+        shutil.copy2(root / "clones" / name, partial / name)
+    shutil.copy2(files[GridPoint(5000.0, 4.5, 0.0)], partial)
+    with pytest.raises(ValueError, match=r"no clone of the propagation seed \(5500.0, 4.5, 0.0\)"):
+        propagate_grid(grid, partial, tmp_path / "out", progress=False)
+    # Over a subset of the grid (here without 5500 K), from the one point cloned; only the
+    # subset is written.
+    out = propagate_grid(
+        grid,
+        partial,
+        tmp_path / "out",
+        PropagationSettings(epochs=5, residual_rounds=0, seed=(5000.0, 4.5, 0.0)),
+        points=[GridPoint(5000.0, 4.5, 0.0), GridPoint(6000.0, 4.5, 0.0)],
+        progress=False,
+    )
+    assert out["total"] == out["propagated"] == 2
+    assert set(list_clones(tmp_path / "out")) == {
+        GridPoint(5000.0, 4.5, 0.0),
+        GridPoint(6000.0, 4.5, 0.0),
+    }
