@@ -13,10 +13,10 @@ Mean absolute error and standard deviation of Teff, log g and [Fe/H] are split a
 the paper, for GP-only and GP + gradient. The demo grid, clones and manifold are made (or
 reused) in ``--workdir``.
 
-``--grid fine --manifold FILE`` runs the protocol on the fine, Milne-Eddington grid of
-``benchmarks/fidelity.py`` instead (its simulator gives the off-grid truths; its grid files,
-in ``fidelity.py``'s work directory, the grid-point cases): FILE is a manifold that
-``fidelity.py`` built there (e.g. from propagated clones). ``--sets`` picks the test sets and
+``--manifold FILE`` takes a manifold that ``benchmarks/fidelity.py`` built in its work
+directory (e.g. from propagated clones) instead, on that script's ``--grid`` (``demo``, or
+``fine``: the Milne-Eddington grid); the simulator gives the off-grid truths and the grid
+files next to FILE the grid-point cases. ``--sets`` picks the test sets and
 ``--interpolation`` the generator's amplitude interpolation.
 
     python benchmarks/accuracy.py [--quick] [--workdir DIR] [--grid demo|fine]
@@ -115,14 +115,14 @@ def main() -> None:
     args = parser.parse_args()
     sets = args.sets or ["grid", "offgrid"]
     t0 = time.perf_counter()
-    if args.grid == "fine":
-        from fidelity import FINE_LINE_FORMATION, grid_spec
+    if args.manifold is not None:
+        from fidelity import grid_spec
 
-        if args.manifold is None:
-            raise SystemExit("--grid fine needs --manifold (a manifold fidelity.py built)")
         manifold = Manifold.load(args.manifold)
-        model = grid_spec("fine", args.quick).model
-        grid_dir = args.manifold.parent / f"grid_{FINE_LINE_FORMATION}"
+        model = grid_spec(args.grid, args.quick).model
+        grid_dir = args.manifold.parent / f"grid_{model.line_formation}"
+    elif args.grid == "fine":
+        raise SystemExit("--grid fine needs --manifold (a manifold fidelity.py built)")
     else:
         workdir = args.workdir or RESULTS / (
             "accuracy_work_quick" if args.quick else "accuracy_work"
@@ -188,7 +188,7 @@ def main() -> None:
     print()
     print_table(table, list(table[0]))
     seconds = [r["seconds"] for r in rows]
-    name = "accuracy" + ("" if args.grid == "demo" else f"_{args.grid}")
+    name = "accuracy" + ("" if args.grid == "demo" and args.manifold is None else f"_{args.grid}")
     name += ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
     write_results(
         name,

@@ -172,6 +172,15 @@ def _clones_grid(grid_dir, manifest):
 _BLASE_ONLY = ("wavelength", "wl", "table", "wing_cut")
 
 
+def _refit_parser(sub, name: str, help: str):
+    """A sub-command that refits a clones directory of a grid into another (``--out``)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("grid_dir", type=Path, help="the grid the clones were made from")
+    p.add_argument("clones_dir", type=Path, help="clones directory written by `jblase clone`")
+    p.add_argument("--out", required=True, type=Path, help=f"the {name}d clones directory")
+    return p
+
+
 def _cmd_build(args) -> int:
     from jblase.blase_archive import (
         BLASE_WING_CUT,
@@ -453,14 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_clone)
 
-    p = sub.add_parser(
+    p = _refit_parser(
+        sub,
         "complete",
-        help="give every line a fitted value at each grid point next to one where it was "
+        "give every line a fitted value at each grid point next to one where it was "
         "detected (matched identities; resumable)",
     )
-    p.add_argument("grid_dir", type=Path, help="the grid the clones were made from")
-    p.add_argument("clones_dir", type=Path, help="clones directory written by `jblase clone`")
-    p.add_argument("--out", required=True, type=Path, help="completed clones directory")
     p.add_argument("--epochs", type=int, default=50, help="refit epochs per grid point")
     p.add_argument(
         "--start-fraction",
@@ -474,14 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="spectra refitted together")
     p.set_defaults(func=_cmd_complete)
 
-    p = sub.add_parser(
+    p = _refit_parser(
+        sub,
         "propagate",
-        help="refit the grid point by point from a seed, each point starting from its "
+        "refit the grid point by point from a seed, each point starting from its "
         "neighbour's lines, so the whole grid shares one decomposition (resumable)",
     )
-    p.add_argument("grid_dir", type=Path, help="the grid the clones were made from")
-    p.add_argument("clones_dir", type=Path, help="clones directory written by `jblase clone`")
-    p.add_argument("--out", required=True, type=Path, help="propagated clones directory")
     p.add_argument(
         "--epochs", type=int, default=None, help="epochs per refit pass (default: the clones')"
     )

@@ -643,6 +643,7 @@ def clone_lines_many(
     batch_size: int = 8,
     progress: bool = True,
     on_result: Callable[[int, CloneResult], None] | None = None,
+    full_batches: bool = False,
 ) -> list[CloneResult]:
     """Tune given initial line lists, one per spectrum, ``batch_size`` spectra per program.
 
@@ -654,13 +655,16 @@ def clone_lines_many(
         normalized_fluxes: (n_spectra, n_pix) normalised fluxes.
         initial: n_spectra line lists (compact, all ``mask`` True).
         settings, batch_size, progress, on_result: as :func:`clone_many`.
+        full_batches: run fewer than ``batch_size`` spectra as a full batch too (the last one
+            repeated): for callers with many small calls, one compiled shape instead of one
+            per count (each spectrum still ends as it would alone).
     """
     wl = np.asarray(wavelength, np.float64)
     fluxes = np.asarray(normalized_fluxes, np.float64)
     if len(initial) != fluxes.shape[0]:
         raise ValueError(f"{len(initial)} initial line lists for {fluxes.shape[0]} spectra")
     order = np.argsort([len(d) for d in initial], kind="stable")
-    batch_size = min(batch_size, len(order))
+    batch_size = batch_size if full_batches else min(batch_size, len(order))
     results: list[CloneResult | None] = [None] * len(order)
     bar = tqdm(total=len(order), desc="cloning", unit="spectrum", disable=not progress)
     with bar:

@@ -206,6 +206,7 @@ def refit_points(
             batch_size=batch_size,
             progress=False,
             on_result=save,
+            full_batches=True,
         )
 
 

@@ -1,6 +1,7 @@
 """``jblase demo``: the whole pipeline on the embedded synthetic grid, end to end.
 
-Writes the demo grid (PHOENIX layout), clones it in batches, builds the manifold, then infers
+Writes the demo grid (PHOENIX layout), clones its middle point and propagates that clone over
+the grid (:mod:`jblase.propagate`), builds the manifold, then infers
 held-out stars at off-grid parameters that the generator never saw, and saves plots. Every
 stage resumes: rerunning with the same ``--out`` skips finished work.
 """

@@ -205,9 +205,13 @@ class Generator(eqx.Module):
         amplitude_interpolation: str = "linear",
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
         fitted_range: tuple[float, float] | None = None,
+        log_min_depth: float = 0.0,
     ) -> Generator:
         """Build from raw manifold arrays; ``values[..., 1]`` holds ln a (shapes and units as
-        the class attributes)."""
+        the class attributes). ``log_min_depth`` (``"hybrid"`` only): a line counts as present
+        at a node for the ln a interpolation only where its central depth a V(0) is at least
+        this (a weaker line's strength is barely constrained by its spectrum, so its ln a
+        says little about how the line grows)."""
         wl = check_wavelength(wavelength_aa)
         identity = np.asarray(identity_center, np.float64)
         order = np.argsort(identity, kind="stable")
@@ -216,6 +220,8 @@ class Generator(eqx.Module):
         cap = _grid_window_cap(wl, identity, values, int(wing_cut), profile, flux_tolerance)
         if amplitude_interpolation == "hybrid":
             present = values[..., 1:2] >= LN_AMPLITUDE_CUTOFF
+            if log_min_depth > 0:
+                present &= _central_depth(values, profile)[..., None] >= log_min_depth
             extra = [np.where(present, np.exp(values[..., 1:2]), 0.0), present]
             values = np.concatenate([values, *(x.astype(values.dtype) for x in extra)], -1)
         elif amplitude_interpolation == "linear":
@@ -252,9 +258,11 @@ class Generator(eqx.Module):
         compute_dtype: str = "float64",
         amplitude_interpolation: str = "linear",
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
+        log_min_depth: float = 0.0,
     ) -> Generator:
         """Build from a :class:`jblase.manifold.Manifold`; wing cut and profile default to the
-        clone settings stored in it, so reconstructions at grid points reproduce the clones."""
+        clone settings stored in it, so reconstructions at grid points reproduce the clones.
+        ``log_min_depth``: as :meth:`from_arrays`."""
         settings = dict(manifold.settings)
         gen = cls.from_arrays(
             manifold.identity_center,
@@ -267,6 +275,7 @@ class Generator(eqx.Module):
             amplitude_interpolation=amplitude_interpolation,
             flux_tolerance=flux_tolerance,
             fitted_range=_fitted_range(manifold.wavelength),
+            log_min_depth=log_min_depth,
         )
         return gen if wl_range is None else gen.restrict(*wl_range)
 
@@ -523,6 +532,19 @@ def _grid_window_cap(wavelength, identity, values, wing_cut, profile, flux_toler
         )
         cap[sl] = np.maximum(cap[sl], np.where(present[sl], windows, 0).max(axis=1))
     return cap
+
+
+def _central_depth(values: np.ndarray, profile: str) -> np.ndarray:
+    """a V(0; sigma, gamma) of every (line, node) entry (0 where absent); ``values[..., 1]``
+    holds ln a. Float64, in chunks of lines."""
+    fn = get_profile(profile)
+    out = np.zeros(values.shape[:-1])
+    for start in range(0, values.shape[0], 4096):
+        v = np.asarray(values[start : start + 4096], np.float64)
+        peak = np.asarray(fn(0.0, jnp.exp(v[..., 2]), jnp.exp(v[..., 3])))
+        a = np.where(v[..., 1] >= LN_AMPLITUDE_CUTOFF, np.exp(np.maximum(v[..., 1], -700)), 0.0)
+        out[start : start + 4096] = a * peak
+    return out
 
 
 def _pixel_hint(wavelength, identity) -> jax.Array:

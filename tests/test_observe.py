@@ -489,8 +489,9 @@ def test_berv_from_the_real_hpf_header_matches_the_pipelines_brvcorr():
     against astropy from the header's DATE-OBS and sexagesimal target (QRA/QDEC, J2000) at the
     HET (McDonald Observatory). Its numeric RA keyword is in hours, not the FITS convention's
     degrees: the reader prefers the sexagesimal pair, so the header alone gives the target
-    (the same as passing it); the site name is not in astropy's offline registry. The two agree to a few m/s (the pipeline corrects to the photon-weighted
-    mid-exposure and for proper motion)."""
+    (the same as passing it); the site name is not in astropy's offline registry. The two
+    agree to a few m/s (the pipeline corrects to the photon-weighted mid-exposure and for
+    proper motion)."""
     from jblase.spectra import read_observed
 
     from .conftest import HPF_FITS, require
