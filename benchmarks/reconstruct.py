@@ -201,8 +201,8 @@ def run(args) -> dict:
         gens["jblase_adaptive_f32"] = Generator.from_manifold(
             manifold, amplitude_interpolation="log", compute_dtype="float32"
         )
-        # jblase's default interpolation (ln a where a line is at every corner, else a): it
-        # differs from the paper's log interpolation by design, so its diff is not a check.
+        # The hybrid amplitude interpolation (ln a where a line is at every corner, else a):
+        # it differs from the paper's log interpolation by design, so its diff is not a check.
         gens["jblase_hybrid_f32"] = Generator.from_manifold(
             manifold, amplitude_interpolation="hybrid", compute_dtype="float32"
         )
@@ -546,7 +546,7 @@ def main() -> None:
         print(
             "jblase_adaptive / _f32: jblase's default adaptive windows (less work), profile "
             "arithmetic in float64 / float32; jblase_hybrid_f32: the same windows in float32 "
-            "with jblase's default amplitude interpolation (hybrid; its diff is by design)"
+            "with the hybrid amplitude interpolation (its diff from the baseline is by design)"
         )
     if (threads := payload["summary"]["cpu_threads"]) > 1:
         print(
