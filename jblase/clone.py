@@ -36,7 +36,7 @@ from jblase.forward import (
     tile_bound,
     window_px,
 )
-from jblase.identity import IDENTITY_KEYS_PER_AA
+from jblase.identity import IDENTITY_KEYS_PER_AA, identity_keys
 from jblase.linelist import LineList, stack_line_lists
 from jblase.profiles import get_profile
 
@@ -461,8 +461,8 @@ def add_residual_lines(
     )
     ratio = np.minimum(normalized_flux / np.maximum(model, 1e-300), 1.0)
     new = detect_lines(wavelength_aa, ratio, prominence=settings.residual_prominence)
-    old_keys = np.rint(np.asarray(lines.identity_center) * IDENTITY_KEYS_PER_AA).astype(np.int64)
-    new_keys = np.rint(np.asarray(new.identity_center) * IDENTITY_KEYS_PER_AA).astype(np.int64)
+    old_keys = identity_keys(lines.identity_center)
+    new_keys = identity_keys(new.identity_center)
     taken = set(old_keys.tolist())
     for i, key in enumerate(new_keys):
         while key in taken:

@@ -36,6 +36,7 @@ from jblase.identity import DEFAULT_MATCH_TOLERANCE_PX, match_identities
 from jblase.io import load_line_list
 from jblase.linelist import LineList
 from jblase.manifold import (
+    MANIFEST_NAME,
     list_clones,
     read_clones_manifest,
     read_clones_wavelength,
@@ -49,7 +50,6 @@ __all__ = [
     "complete_grid",
     "completion_plan",
     "open_refit_dir",
-    "read_clones",
     "refit_points",
 ]
 
@@ -79,11 +79,11 @@ class CompletionSettings:
             )
 
 
-def read_clones(clones_dir: Path) -> tuple[list[GridPoint], list[LineList]]:
+def _read_clones(clones_dir: Path) -> tuple[list[GridPoint], list[LineList]]:
     """The grid points and tuned line lists of every clone file in ``clones_dir``."""
     files = list_clones(clones_dir)
     if not files:
-        raise ValueError(f"{clones_dir}: no clone files to refit")
+        raise ValueError(f"{clones_dir}: no clone files to complete")
     points = list(files)
     lines = [load_line_list(files[p])[0] for p in points]
     return points, lines
@@ -164,7 +164,7 @@ def open_refit_dir(
     grid_wl = np.asarray(grid.wavelength())
     if grid_wl.shape != wavelength.shape or not np.array_equal(grid_wl, wavelength):
         raise ValueError(f"the clones for {out_dir} were made on another wavelength grid")
-    if (out_dir / "manifest.json").exists():
+    if (out_dir / MANIFEST_NAME).exists():
         stored = read_clones_manifest(out_dir)
         if stored.get("settings") != clone_settings.as_dict() or stored.get("source", {}).get(
             key
@@ -242,7 +242,7 @@ def complete_grid(
     clone_settings = dataclasses.replace(
         CloneSettings.from_dict(manifest["settings"]), epochs=settings.epochs, residual_rounds=0
     )
-    points, lines = read_clones(clones_dir)
+    points, lines = _read_clones(clones_dir)
     plan = completion_plan(points, lines, wavelength, settings)
     source = {"completed_from": str(clones_dir), "completion": dataclasses.asdict(settings)}
     open_refit_dir(grid, out_dir, clone_settings, wavelength, source, "completion")

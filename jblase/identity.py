@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MATCH_TOLERANCE_PX",
     "IDENTITY_KEYS_PER_AA",
     "IdentityMatch",
+    "identity_keys",
     "match_identities",
     "unique_identities",
 ]
@@ -104,9 +105,14 @@ def match_identities(
     return IdentityMatch(identity, list(np.split(group, splits)))
 
 
+def identity_keys(identity_center) -> np.ndarray:
+    """int64 keys of identities (A) as the manifold keys them: ``round(identity * 1000)``."""
+    return np.rint(np.asarray(identity_center, np.float64) * IDENTITY_KEYS_PER_AA).astype(np.int64)
+
+
 def unique_identities(values: np.ndarray) -> np.ndarray:
     """``values`` (increasing A) rounded to 0.001 A, nudged up where two would collide."""
-    keys = np.rint(np.asarray(values, np.float64) * IDENTITY_KEYS_PER_AA).astype(np.int64)
+    keys = identity_keys(values)
     # A running maximum of (key_i - i) keeps keys strictly increasing with the fewest nudges.
     idx = np.arange(keys.size)
     keys = np.maximum.accumulate(keys - idx) + idx

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from jblase._checks import check_wavelength
 from jblase.clone import CloneResult, CloneSettings
 from jblase.grids.base import GridPoint
-from jblase.identity import IDENTITY_KEYS_PER_AA
+from jblase.identity import IDENTITY_KEYS_PER_AA, identity_keys
 from jblase.interp import interpolate_lines
 from jblase.io import atomic_write, load_line_list, save_line_list, write_json_atomic
 from jblase.linelist import LineList
@@ -604,7 +604,7 @@ def _line_entries(lines: LineList, where: str) -> tuple[np.ndarray, np.ndarray, 
     bad = ~np.isfinite(values).all(axis=-1) | ~np.isfinite(ident)
     if bad.any():
         raise ValueError(f"{where}: {int(bad.sum())} lines with non-finite parameters")
-    keys = np.rint(ident * IDENTITY_KEYS_PER_AA).astype(np.int64)
+    keys = identity_keys(ident)
     order = np.lexsort((-values[:, 1], keys))
     first = np.ones(order.size, dtype=bool)
     first[1:] = keys[order][1:] != keys[order][:-1]

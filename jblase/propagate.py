@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from jblase.clone import LR_SCHEDULES, CloneSettings
 from jblase.complete import open_refit_dir, refit_points
 from jblase.grids.base import GridPoint, SpectralGrid
+from jblase.identity import identity_keys
 from jblase.io import load_line_list
 from jblase.manifold import list_clones, read_clones_manifest, read_clones_wavelength
 
@@ -128,35 +129,34 @@ def propagation_tree(
             raise ValueError(f"the propagation seed {tuple(seed)} is not one of the grid points")
         root = int(hits[0])
     rank = {axis: r for r, axis in enumerate(axis_order)}
+
+    def neighbours(k):
+        """(axis, point) of every neighbour of point k."""
+        for axis in range(3):
+            for step in (-1, 1):
+                j = index[k].copy()
+                j[axis] += step
+                q = lookup.get(tuple(j.tolist()))
+                if q is not None:
+                    yield axis, q
+
     depth = np.full(len(pts), -1, np.int64)
     parent = np.full(len(pts), -1, np.int64)
     depth[root] = 0
     queue = deque([root])
     while queue:
         k = queue.popleft()
-        for axis in range(3):
-            for step in (-1, 1):
-                j = index[k].copy()
-                j[axis] += step
-                q = lookup.get(tuple(j.tolist()))
-                if q is not None and depth[q] < 0:
-                    depth[q] = depth[k] + 1
-                    queue.append(q)
+        for _, q in neighbours(k):
+            if depth[q] < 0:
+                depth[q] = depth[k] + 1
+                queue.append(q)
     if np.any(depth < 0):
         lost = [tuple(map(float, p)) for p in pts[depth < 0][:5]]
         raise ValueError(f"grid points not joined to the seed by neighbours: {lost}")
     for k in range(len(pts)):
-        best = None
-        for axis in range(3):
-            for step in (-1, 1):
-                j = index[k].copy()
-                j[axis] += step
-                q = lookup.get(tuple(j.tolist()))
-                if q is not None and depth[q] == depth[k] - 1:
-                    if best is None or rank[axis] > best[0]:
-                        best = (rank[axis], q)
-        if best is not None:
-            parent[k] = best[1]
+        closer = [(rank[axis], q) for axis, q in neighbours(k) if depth[q] == depth[k] - 1]
+        if closer:
+            parent[k] = max(closer, key=lambda c: c[0])[1]  # the first of the latest axis
     return parent, depth
 
 
@@ -167,6 +167,10 @@ def propagation_seed(
     the one grid point that needs a clone of its own."""
     settings = settings or PropagationSettings()
     parent, _ = propagation_tree(points, settings.seed, settings.axis_order)
+    return _root(points, parent)
+
+
+def _root(points, parent: np.ndarray) -> GridPoint:
     return GridPoint(*(float(v) for v in points[int(np.flatnonzero(parent < 0)[0])]))
 
 
@@ -211,7 +215,7 @@ def propagate_grid(
     if not points:
         raise ValueError("no grid points to propagate over")
     parent, depth = propagation_tree(points, settings.seed, settings.axis_order)
-    seed = propagation_seed(points, settings)
+    seed = _root(points, parent)
     cloned = list_clones(clones_dir)
     if seed not in cloned:
         raise ValueError(
@@ -263,10 +267,8 @@ def propagate_grid(
 def identity_presence(clones_dir: str | Path) -> dict:
     """``{"identities", "lines_per_identity", "presence_fraction"}`` of a clones directory:
     identities keyed as the manifold keys them; presence over (identity, point) pairs."""
-    from jblase.identity import IDENTITY_KEYS_PER_AA
-
     keys = [
-        np.unique(np.rint(np.asarray(load_line_list(f)[0].identity_center) * IDENTITY_KEYS_PER_AA))
+        np.unique(identity_keys(load_line_list(f)[0].identity_center))
         for f in list_clones(Path(clones_dir)).values()
     ]
     n_ident = int(np.unique(np.concatenate(keys)).size) if keys else 0

@@ -51,6 +51,29 @@ def require(path: Path) -> Path:
     pytest.skip(f"reference data {path} is absent ({where}; {REQUIRE_DATA_ENV}=1 fails instead)")
 
 
+def rms_to_the_simulator(clone_dirs: dict, model, teffs, logg: float, feh: float) -> dict:
+    """``{name: [RMS, one per Teff]}``: the generator built from each clones directory against
+    the simulator's normalised spectrum at (teff, logg, feh), over the active region."""
+    from jblase.detect import active_region
+    from jblase.generator import Generator
+    from jblase.manifold import build_manifold
+    from jblase.preprocess import normalize
+
+    gens = {
+        name: Generator.from_manifold(build_manifold(path, progress=False))
+        for name, path in clone_dirs.items()
+    }
+    wl = np.asarray(next(iter(gens.values())).wavelength)
+    act = active_region(wl)
+    out = {name: [] for name in gens}
+    for teff in teffs:
+        truth = normalize(wl, model.flux(teff, logg, feh, wavelength=wl), teff)
+        for name, gen in gens.items():
+            pred = np.asarray(gen(np.array([teff, logg, feh])))
+            out[name].append(float(np.sqrt(np.mean((pred - truth)[act] ** 2))))
+    return out
+
+
 @pytest.fixture(scope="session")
 def phoenix_spectrum():
     """The real preprocessed PHOENIX spectrum (Teff 4100, log g 2.5, [Fe/H] 0): (wl, flux)."""

@@ -124,22 +124,10 @@ def test_completed_clones_hold_every_neighbouring_line(small_grid):
 def test_completion_brings_the_generator_closer_to_the_truth_between_grid_points(small_grid):
     """Off-grid truths (the simulator itself, between the nodes): the generator built from the
     completed clones is closer to them than the one from independent clones."""
-    from jblase.detect import active_region
-    from jblase.generator import Generator
-    from jblase.manifold import build_manifold
-    from jblase.preprocess import normalize
+    from .conftest import rms_to_the_simulator
 
-    root, model = small_grid["root"], small_grid["model"]
-    gens = {
-        name: Generator.from_manifold(build_manifold(root / name, progress=False))
-        for name in ("clones", "completed")
-    }
-    wl = np.asarray(gens["clones"].wavelength)
-    act = active_region(wl)
-    for teff in (5200.0, 5700.0):
-        truth = normalize(wl, model.flux(teff, 4.5, 0.0, wavelength=wl), teff)
-        rms = {
-            name: float(np.sqrt(np.mean((np.asarray(g([teff, 4.5, 0.0])) - truth)[act] ** 2)))
-            for name, g in gens.items()
-        }
+    root = small_grid["root"]
+    dirs = {name: root / name for name in ("clones", "completed")}
+    errs = rms_to_the_simulator(dirs, small_grid["model"], (5200.0, 5700.0), 4.5, 0.0)
+    for rms in ({name: v[i] for name, v in errs.items()} for i in range(2)):
         assert rms["completed"] < 0.75 * rms["clones"], rms

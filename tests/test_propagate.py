@@ -135,27 +135,14 @@ def test_propagation_brings_the_generator_closer_to_the_truth_between_grid_point
     """Off-grid truths (the simulator, between the nodes): the generator built from the
     propagated clones is several times closer to them than the one from independent clones
     (whose residual lines differ from node to node)."""
-    from jblase.detect import active_region
-    from jblase.generator import Generator
-    from jblase.manifold import build_manifold
-    from jblase.preprocess import normalize
+    from .conftest import rms_to_the_simulator
 
-    root, model = small_grid["root"], small_grid["model"]
-    gens = {
-        name: Generator.from_manifold(build_manifold(root / name, progress=False))
-        for name in ("clones", "propagated")
-    }
-    wl = np.asarray(gens["clones"].wavelength)
-    act = active_region(wl)
-
-    errs = {"clones": [], "propagated": []}
-    for lo, hi in ((5000.0, 5500.0), (5500.0, 6000.0)):
-        for f in (0.3, 0.6):
-            teff = lo + f * (hi - lo)
-            truth = normalize(wl, model.flux(teff, 4.5, 0.0, wavelength=wl), teff)
-            for name, gen in gens.items():
-                pred = np.asarray(gen(np.array([teff, 4.5, 0.0])))
-                errs[name].append(np.sqrt(np.mean((pred - truth)[act] ** 2)))
+    root = small_grid["root"]
+    teffs = [
+        lo + f * (hi - lo) for lo, hi in ((5000.0, 5500.0), (5500.0, 6000.0)) for f in (0.3, 0.6)
+    ]
+    dirs = {name: root / name for name in ("clones", "propagated")}
+    errs = rms_to_the_simulator(dirs, small_grid["model"], teffs, 4.5, 0.0)
     med = {k: float(np.median(v)) for k, v in errs.items()}
     assert med["propagated"] < 0.5 * med["clones"], med
 
