@@ -17,10 +17,12 @@ reused) in ``--workdir``.
 directory (e.g. from propagated clones) instead, on that script's ``--grid`` (``demo``, or
 ``fine``: the Milne-Eddington grid); the simulator gives the off-grid truths and the grid
 files next to FILE the grid-point cases. ``--sets`` picks the test sets and
-``--interpolation`` the generator's amplitude interpolation.
+``--interpolation`` the generator's amplitude interpolation and ``--generator-set`` its other
+options (:meth:`jblase.generator.Generator.from_manifold`).
 
     python benchmarks/accuracy.py [--quick] [--workdir DIR] [--grid demo|fine]
-        [--manifold FILE] [--sets grid offgrid] [--interpolation linear|log|hybrid] [--tag T]
+        [--manifold FILE] [--sets grid offgrid] [--interpolation linear|log|hybrid]
+        [--generator-set KEY=VALUE ...] [--tag T]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, print_table, write_results
+from _common import RESULTS, parse_key_values, print_table, write_results
 
 from jblase.demo import prepare_manifold
 from jblase.generator import Generator
@@ -111,6 +113,13 @@ def main() -> None:
     parser.add_argument("--manifold", type=Path, default=None, help="with --grid fine")
     parser.add_argument("--sets", nargs="+", choices=["grid", "offgrid"], default=None)
     parser.add_argument("--interpolation", default="linear", help="amplitude interpolation")
+    parser.add_argument(
+        "--generator-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more Generator.from_manifold options, e.g. log_max_depth=0.3 cubic_axes=teff",
+    )
     parser.add_argument("--tag", default=None, help="suffix of the JSON name")
     args = parser.parse_args()
     sets = args.sets or ["grid", "offgrid"]
@@ -129,7 +138,11 @@ def main() -> None:
         )
         manifold, model = prepare_manifold(workdir, quick=args.quick, progress=False)
         grid_dir = workdir / "grid"
-    generator = Generator.from_manifold(manifold, amplitude_interpolation=args.interpolation)
+    generator_options = {
+        "amplitude_interpolation": args.interpolation,
+        **parse_key_values(args.generator_set, "--generator-set"),
+    }
+    generator = Generator.from_manifold(manifold, **generator_options)
     wl = np.asarray(generator.wavelength)
     n_random, n_guided = (40, 8) if args.quick else (100, 20)
 
@@ -196,7 +209,7 @@ def main() -> None:
             "command": " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]]),
             "grid": args.grid,
             "manifold": None if args.manifold is None else str(args.manifold),
-            "amplitude_interpolation": args.interpolation,
+            "generator_options": generator_options,
             "protocol": {"n_random": n_random, "n_guided": n_guided, "teff_window": 500.0},
             "grid_axes": [np.asarray(a).tolist() for a in manifold.axes],
             "rows": rows,

@@ -86,7 +86,11 @@ from jblase.grids.phoenix import PhoenixGrid
 from jblase.preprocess import normalize
 
 PIXEL = "pixel"
+#: Pixel interpolation with a cubic Hermite spline along Teff (a stronger baseline, reported
+#: beside the issue's trilinear one; wins are counted against the trilinear one).
+PIXEL_CUBIC = "pixel_cubic_teff"
 NEAREST = "nearest"
+BASELINES = (PIXEL, PIXEL_CUBIC, NEAREST)
 AXIS_NAMES = ("teff", "logg", "feh")
 
 #: The fine grid: PHOENIX's steps (250 K, 0.5 dex) over the Teff range where lines are many.
@@ -148,8 +152,9 @@ def settings_key(*parts) -> str:
 # ------------------------------------------------------------------------- the baselines
 
 
-def pixel_interpolate(cube: np.ndarray, axes, points: np.ndarray) -> np.ndarray:
-    """Multilinear interpolation of grid spectra, node by node on the grid's own axes.
+def pixel_interpolate(cube: np.ndarray, axes, points: np.ndarray, cubic=()) -> np.ndarray:
+    """Multilinear interpolation of grid spectra, node by node on the grid's own axes
+    (``cubic``: axes interpolated by a cubic Hermite spline instead).
 
     Args:
         cube: (n_teff, n_logg, n_feh, n_pix) normalised grid spectra.
@@ -163,7 +168,7 @@ def pixel_interpolate(cube: np.ndarray, axes, points: np.ndarray) -> np.ndarray:
 
     points = np.atleast_2d(np.asarray(points, np.float64))
     axes = tuple(np.asarray(a, np.float64) for a in axes)
-    return np.asarray(interpolate_batch(np.asarray(cube, np.float64), axes, points))
+    return np.asarray(interpolate_batch(np.asarray(cube, np.float64), axes, points, cubic))
 
 
 def nearest_index(axes, points: np.ndarray) -> np.ndarray:
@@ -290,7 +295,7 @@ def summarise(rows: list[dict], methods: list[str], key: str) -> dict:
         for m in methods:
             out[f"median_rms_{m}"] = _median([r.get(f"rms_{m}") for r in sel])
         for m in methods:
-            if m in (PIXEL, NEAREST) or not sel or f"rms_{PIXEL}" not in sel[0]:
+            if m in BASELINES or not sel or f"rms_{PIXEL}" not in sel[0]:
                 continue
             out[f"wins_{m}_vs_{PIXEL}"] = int(sum(r[f"rms_{m}"] < r[f"rms_{PIXEL}"] for r in sel))
         return out
@@ -445,6 +450,13 @@ def parse_args(argv=None):
         metavar="KEY=VALUE",
         help="PropagationSettings fields (epochs, learning_rate, lr_schedule, residual_rounds)",
     )
+    parser.add_argument(
+        "--complete-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="CompletionSettings fields (epochs, start_fraction, tolerance_px, identities)",
+    )
     parser.add_argument("--n-per-cell", type=int, default=None, help="off-grid truths per cell")
     parser.add_argument(
         "--line-formation",
@@ -502,7 +514,7 @@ def main(argv=None) -> dict:
         else None
     )
     if propagation is not None and not args.tag:
-        tag = "_".join(t for t in (tag, "propagated" + settings_key(propagation)[:4]) if t)
+        tag = "_".join(t for t in (tag, "propagated" + settings_key(propagation.key())[:4]) if t)
     if not args.complete and not args.tag:
         tag = "_".join(t for t in (tag, "independent") if t)
     grid_name = f"grid_{spec.model.line_formation}"
@@ -531,7 +543,11 @@ def main(argv=None) -> dict:
         )
         print(f"   {summary['cloned']} cloned, {summary['done']} already done")
 
-    completion = CompletionSettings() if args.complete else None
+    completion = (
+        CompletionSettings(**parse_key_values(args.complete_set, "--complete-set"))
+        if args.complete
+        else None
+    )
     source_dir = clones_dir
     refit_key = clone_key
     presence = {"independent": identity_presence(clones_dir)}
@@ -541,7 +557,7 @@ def main(argv=None) -> dict:
     )
     if propagation is not None:
         with stage(timings, "propagate", cpu=cpu, message="2a/5 propagating the clones"):
-            refit_key = settings_key(clone_key, propagation)
+            refit_key = settings_key(clone_key, propagation.key())
             source_dir = workdir / f"propagated_{refit_key}"
             done = propagate_grid(grid, clones_dir, source_dir, propagation, progress=progress)
             print(
@@ -550,7 +566,7 @@ def main(argv=None) -> dict:
             )
             presence["propagated"] = identity_presence(source_dir)
             summary["cloned"] += done["propagated"]
-        manifold_key = settings_key(manifold_key, propagation)
+        manifold_key = settings_key(manifold_key, propagation.key())
     if completion is not None:
         with stage(timings, "complete", cpu=cpu, message="2b/5 completing the clones"):
             completed_dir = workdir / f"completed_{settings_key(refit_key, completion)}"
@@ -580,7 +596,7 @@ def main(argv=None) -> dict:
             f"   {manifold.n_lines} line identities; median clone RMS {np.nanmedian(clone_rms):.4g}"
         )
 
-    methods = [*variants, PIXEL, NEAREST]
+    methods = [*variants, *BASELINES]
     with stage(timings, "offgrid", cpu=cpu, message="4/5 off-grid truths"):
         points = offgrid_points(axes, n_per_cell)
         truth = np.stack(
@@ -591,6 +607,7 @@ def main(argv=None) -> dict:
         )
         predictors = _generators(manifold, variants)
         predictors[PIXEL] = lambda pts: pixel_interpolate(cube, axes, pts)
+        predictors[PIXEL_CUBIC] = lambda pts: pixel_interpolate(cube, axes, pts, (0,))
         predictors[NEAREST] = lambda pts: nearest_spectra(cube, axes, pts)
         scores = evaluate(predictors, points, truth, active)
         off_rows = point_rows(points, scores)
@@ -633,6 +650,9 @@ def main(argv=None) -> dict:
             shutil.rmtree(loo_dir, ignore_errors=True)
             predictors = _generators(sub_manifold, variants)
             predictors[PIXEL] = lambda pts, c=sub_cube, a=sub_axes: pixel_interpolate(c, a, pts)
+            predictors[PIXEL_CUBIC] = lambda pts, c=sub_cube, a=sub_axes: pixel_interpolate(
+                c, a, pts, (0,)
+            )
             predictors[NEAREST] = lambda pts, c=sub_cube, a=sub_axes: nearest_spectra(c, a, pts)
             scores = evaluate(predictors, dropped, true, active)
             label = f"{node:.0f}" if axis == 0 else f"{node:.2f}"

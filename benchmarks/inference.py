@@ -10,7 +10,8 @@ generator differs:
 * ``jblase paper work``: ``Generator.from_manifold(m, amplitude_interpolation="log",
   flux_tolerance=None)`` (baseline_paper.equivalent_generator): the baseline's work, jitted RMS
   loss; the random batch through ``generator.batch``;
-* ``jblase default``: ``Generator.from_manifold(m)`` (adaptive windows, linear amplitudes);
+* ``jblase default``: ``Generator.from_manifold(m)`` (adaptive windows, the default amplitude
+  interpolation; the README's figures were measured when it was linear a);
 * ``jblase default f32``: the same with ``compute_dtype="float32"`` (profile arithmetic in
   float32: about 1e-6 in flux, faster on CPU);
 * ``baseline``: benchmarks/baseline_paper.py (one scipy ``RegularGridInterpolator`` per line,

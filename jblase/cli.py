@@ -17,6 +17,7 @@ import pickle
 import sys
 from pathlib import Path
 
+from jblase.forward import LINE_FORMS
 from jblase.profiles import PROFILES
 
 __all__ = ["main"]
@@ -97,6 +98,7 @@ def _cmd_clone(args) -> int:
         learning_rate=args.lr,
         tune_centers=not args.fixed_centers,
         profile=args.profile,
+        line_form=args.line_form,
         optimizer=args.optimizer,
         compute_dtype=args.dtype,
         residual_rounds=args.residual_rounds,
@@ -145,6 +147,11 @@ def _cmd_propagate(args) -> int:
         learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule,
         residual_rounds=args.residual_rounds,
+        **(
+            {}
+            if args.residual_min_separation is None
+            else {"residual_min_separation_px": args.residual_min_separation}
+        ),
         seed=tuple(args.seed) if args.seed else None,
     )
     summary = propagate_grid(
@@ -445,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     p.add_argument("--batch", type=int, default=8, help="spectra cloned together in one program")
     p.add_argument("--profile", default="pseudo_voigt", choices=sorted(PROFILES))
+    p.add_argument(
+        "--line-form",
+        default="absorption",
+        choices=list(LINE_FORMS),
+        help="how a line's a V makes flux: absorption 1 - a V (the paper's) or optical_depth "
+        "exp(-a V)",
+    )
     p.add_argument("--optimizer", default="adam", choices=["adam", "amsgrad"])
     p.add_argument(
         "--dtype", default="float64", choices=["float64", "float32"], help="profile arithmetic"
@@ -501,6 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="rounds of residual line addition after each refit (default: the clones')",
+    )
+    p.add_argument(
+        "--residual-min-separation",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="add a residual line only this many pixels or more from the point's inherited "
+        "lines (default: PropagationSettings' default)",
     )
     p.add_argument(
         "--seed",

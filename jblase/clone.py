@@ -29,6 +29,7 @@ from jblase.detect import LOSS_BUFFER_AA, active_region, detect_lines
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_WING_CUT,
+    LINE_FORMS,
     _nearest_pixel,
     default_max_tiles,
     ln_flux,
@@ -90,6 +91,17 @@ class CloneSettings:
     #: 5% of the epochs, then the cosine). Written to clone files only when not
     #: ``"constant"``, so settings stored before it existed still compare equal.
     lr_schedule: str = "constant"
+    #: A residual line is added only this many pixels or more from every line the spectrum
+    #: already has (0: anywhere). Where a line's core is under-fitted its residual peaks on
+    #: the line itself; a second line there fits the point but splits one physical line in
+    #: two whose shares drift from grid point to grid point (propagation adds lines level
+    #: after level), which interpolation between points then mixes. Written to clone files
+    #: only when not 0.
+    residual_min_separation_px: float = 0.0
+    #: How a line makes flux (:data:`jblase.forward.LINE_FORMS`): ``"absorption"`` (1 - a V,
+    #: the paper's) or ``"optical_depth"`` (exp(-a V)). Written to clone files only when not
+    #: ``"absorption"``; the manifold and generator take it from there.
+    line_form: str = "absorption"
 
     def __post_init__(self):
         get_profile(self.profile)  # "unknown profile ..." for a bad name
@@ -103,6 +115,12 @@ class CloneSettings:
             )
         if self.flux_tolerance is not None and not self.flux_tolerance > 0:
             raise ValueError(f"flux_tolerance must be positive or None, got {self.flux_tolerance}")
+        if self.line_form not in LINE_FORMS:
+            raise ValueError(f"line_form must be one of {LINE_FORMS}, got {self.line_form!r}")
+        if self.residual_min_separation_px < 0:
+            raise ValueError(
+                f"residual_min_separation_px must be >= 0, got {self.residual_min_separation_px}"
+            )
         if self.residual_rounds < 0 or not self.residual_prominence > 0:
             raise ValueError(
                 f"need residual_rounds >= 0 and residual_prominence > 0; got "
@@ -118,6 +136,10 @@ class CloneSettings:
         settings = dict(self.__dict__)
         if settings["lr_schedule"] == "constant":
             del settings["lr_schedule"]
+        if settings["residual_min_separation_px"] == 0:
+            del settings["residual_min_separation_px"]
+        if settings["line_form"] == "absorption":
+            del settings["line_form"]
         return settings
 
     @classmethod
@@ -196,6 +218,7 @@ def _mse(params, fixed, wavelength, flux, weight, mask, settings: CloneSettings,
         fixed["pixel_hint"],
         wing_cut=settings.wing_cut,
         profile=settings.profile,
+        line_form=settings.line_form,
         compute_dtype=jnp.dtype(settings.compute_dtype),
         flux_tolerance=settings.flux_tolerance,
         max_tiles=max_tiles,
@@ -456,11 +479,14 @@ def add_residual_lines(
             padded,
             wing_cut=settings.wing_cut,
             profile=settings.profile,
+            line_form=settings.line_form,
             flux_tolerance=settings.flux_tolerance,
         )
     )
     ratio = np.minimum(normalized_flux / np.maximum(model, 1e-300), 1.0)
     new = detect_lines(wavelength_aa, ratio, prominence=settings.residual_prominence)
+    if settings.residual_min_separation_px > 0 and len(new) and len(lines):
+        new = _apart_from(new, np.asarray(lines.center), wavelength_aa, settings)
     old_keys = identity_keys(lines.identity_center)
     new_keys = identity_keys(new.identity_center)
     taken = set(old_keys.tolist())
@@ -474,6 +500,23 @@ def add_residual_lines(
     identity = np.r_[old_keys, new_keys] / IDENTITY_KEYS_PER_AA
     order = np.argsort(joined["center"], kind="stable")
     return LineList(**{f: v[order] for f, v in joined.items()}, identity_center=identity[order])
+
+
+def _apart_from(
+    new: LineList, centers: np.ndarray, wavelength_aa: np.ndarray, settings: CloneSettings
+) -> LineList:
+    """The lines of ``new`` at least ``residual_min_separation_px`` local pixel widths from
+    every one of ``centers`` (A)."""
+    c = np.sort(np.asarray(centers, np.float64))
+    x = np.asarray(new.center, np.float64)
+    right = np.clip(np.searchsorted(c, x), 0, c.size - 1)
+    left = np.clip(right - 1, 0, c.size - 1)
+    gap = np.minimum(np.abs(x - c[left]), np.abs(x - c[right]))
+    px = np.clip(np.searchsorted(wavelength_aa, x), 1, wavelength_aa.size - 1)
+    pixel = wavelength_aa[px] - wavelength_aa[px - 1]
+    keep = np.flatnonzero(gap >= settings.residual_min_separation_px * pixel)
+    fields = ("center", "ln_amplitude", "ln_sigma", "ln_gamma", "identity_center")
+    return LineList(**{f: np.asarray(getattr(new, f))[keep] for f in fields})
 
 
 def clone_spectrum(

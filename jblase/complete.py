@@ -32,7 +32,13 @@ from tqdm.auto import tqdm
 
 from jblase.clone import CloneSettings, clone_lines_many
 from jblase.grids.base import GridPoint, SpectralGrid
-from jblase.identity import DEFAULT_MATCH_TOLERANCE_PX, match_identities
+from jblase.identity import (
+    DEFAULT_MATCH_TOLERANCE_PX,
+    IDENTITY_KEYS_PER_AA,
+    IdentityMatch,
+    identity_keys,
+    match_identities,
+)
 from jblase.io import load_line_list
 from jblase.linelist import LineList
 from jblase.manifold import (
@@ -65,17 +71,27 @@ class CompletionSettings:
             neighbour's amplitude a (the fit then grows or shrinks it).
         tolerance_px: identity matching tolerance (pixels; see
             :func:`jblase.identity.match_identities`).
+        identities: ``"match"`` groups the clones' tuned centres into identities (independent
+            clones); ``"keep"`` keeps the identities the clones carry (propagated clones,
+            whose identities were inherited along the grid and would be split by a new
+            match); ``"auto"`` (default): ``"keep"`` for a directory written by
+            :func:`jblase.propagate.propagate_grid`, else ``"match"``.
     """
 
     epochs: int = 50
     start_fraction: float = 0.1
     tolerance_px: float = DEFAULT_MATCH_TOLERANCE_PX
+    identities: str = "auto"
 
     def __post_init__(self):
         if self.epochs < 0 or not 0 < self.start_fraction <= 1 or self.tolerance_px < 0:
             raise ValueError(
                 f"need epochs >= 0, 0 < start_fraction <= 1 and tolerance_px >= 0; got "
                 f"{self.epochs}, {self.start_fraction}, {self.tolerance_px}"
+            )
+        if self.identities not in ("auto", "match", "keep"):
+            raise ValueError(
+                f"identities must be 'auto', 'match' or 'keep', got {self.identities!r}"
             )
 
 
@@ -107,9 +123,12 @@ def completion_plan(
     Returns:
         One compact :class:`LineList` per point, ``identity_center`` the matched identity.
     """
-    match = match_identities(
-        [np.asarray(ll.center) for ll in lines], wavelength_aa, settings.tolerance_px
-    )
+    if settings.identities == "keep":
+        match = _kept_identities(lines)
+    else:
+        match = match_identities(
+            [np.asarray(ll.center) for ll in lines], wavelength_aa, settings.tolerance_px
+        )
     axes = [np.unique([p[d] for p in points]) for d in range(3)]
     index = np.array([[np.searchsorted(axes[d], p[d]) for d in range(3)] for p in points])
     fields = ("center", "ln_amplitude", "ln_sigma", "ln_gamma")
@@ -149,6 +168,20 @@ def completion_plan(
             )
         )
     return out
+
+
+def _kept_identities(lines: list[LineList]) -> IdentityMatch:
+    """The identities the line lists carry, as a match (group = identity key)."""
+    keys = [identity_keys(ll.identity_center) for ll in lines]
+    unique = np.unique(np.concatenate(keys))
+    for k in keys:
+        if np.unique(k).size != k.size:
+            raise ValueError(
+                "identities='keep' needs clones whose lines have distinct identities; "
+                f"a clone has {k.size - np.unique(k).size} repeated (use identities='match')"
+            )
+    groups = [np.searchsorted(unique, k) for k in keys]
+    return IdentityMatch(unique / IDENTITY_KEYS_PER_AA, groups)
 
 
 def open_refit_dir(
@@ -243,6 +276,9 @@ def complete_grid(
         CloneSettings.from_dict(manifest["settings"]), epochs=settings.epochs, residual_rounds=0
     )
     points, lines = _read_clones(clones_dir)
+    if settings.identities == "auto":
+        kept = "propagated_from" in manifest.get("source", {})
+        settings = dataclasses.replace(settings, identities="keep" if kept else "match")
     plan = completion_plan(points, lines, wavelength, settings)
     source = {"completed_from": str(clones_dir), "completion": dataclasses.asdict(settings)}
     open_refit_dir(grid, out_dir, clone_settings, wavelength, source, "completion")

@@ -86,7 +86,7 @@ def prepare_manifold(
     grid_dir = synthetic.write_grid(out / "grid", *axes, model=model, progress=progress)
     timings["grid"] = time.perf_counter() - t
 
-    _stage("2/5 cloning every grid spectrum (batched; resumes if interrupted)")
+    _stage("2/5 cloning the seed point, then propagating it over the grid (resumes if interrupted)")
     t = time.perf_counter()
     grid = PhoenixGrid(grid_dir)
     settings = DEMO_CLONE_SETTINGS if clone_settings is None else clone_settings

@@ -688,11 +688,15 @@ def _berv(settings: FitSettings, spectrum: ObservedSpectrum) -> tuple[float, str
     return float(settings.berv_kms), "given"
 
 
-def model_flux_from_lines(lines, wavelength_aa, *, profile: str, wing_cut: int):
+def model_flux_from_lines(
+    lines, wavelength_aa, *, profile: str, wing_cut: int, line_form: str = "absorption"
+):
     """One line list's rest-frame flux on ``wavelength_aa`` (the fixed model of a lines fit)."""
     from jblase.forward import synthesize_lines
 
-    return synthesize_lines(wavelength_aa, lines, profile=profile, wing_cut=wing_cut)
+    return synthesize_lines(
+        wavelength_aa, lines, profile=profile, wing_cut=wing_cut, line_form=line_form
+    )
 
 
 def line_list_model(
@@ -718,11 +722,13 @@ def line_list_model(
     path = Path(lines_path)
     if path.suffix.lower() == ".pt":
         lines, profile, wing_cut = read_blase_clone(path), BLASE_PROFILE, BLASE_WING_CUT
+        line_form = "absorption"
     else:
         lines, meta = load_line_list(path)
         stored = meta.get("settings") or {}
         profile = stored.get("profile", "pseudo_voigt")
         wing_cut = int(stored.get("wing_cut", DEFAULT_WING_CUT))
+        line_form = stored.get("line_form", "absorption")
     centres = np.asarray(lines.center)[np.asarray(lines.mask, bool)]
     lo, hi = _data_range(spectrum)
     if centres.size == 0 or lo < centres.min() or hi > centres.max():
@@ -732,7 +738,9 @@ def line_list_model(
             f"inside the range of {path}'s lines ({span})"
         )
     grid = _line_list_grid(spectrum, settings)
-    flux = model_flux_from_lines(lines, jnp.asarray(grid), profile=profile, wing_cut=wing_cut)
+    flux = model_flux_from_lines(
+        lines, jnp.asarray(grid), profile=profile, wing_cut=wing_cut, line_form=line_form
+    )
     return grid, flux
 
 

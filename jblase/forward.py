@@ -5,6 +5,14 @@ absorption lines, evaluated in log space::
 
     flux(lambda) = exp( sum_j ln(1 - clip(a_j V_j(lambda - mu_j), 0, 1 - 1e-9)) )
 
+(the paper's ``"absorption"`` line form), or with ``line_form="optical_depth"``::
+
+    flux(lambda) = exp( - sum_j a_j V_j(lambda - mu_j) )
+
+(each line an optical depth: the absorption form's weak-line limit, which a strong line's core
+approaches smoothly instead of hitting the clip, so its gradient never vanishes and its core
+flattens and widens with strength as a saturated line's does).
+
 where line j only touches a window of ``w_j`` pixels centred on the pixel nearest its centre
 (offsets ``-(w_j // 2) ... w_j - w_j // 2 - 1``; pixels beyond either end of the spectrum are
 dropped). The paper gives every line ``wing_cut = 6000`` pixels. With ``flux_tolerance`` each
@@ -45,6 +53,7 @@ __all__ = [
     "DEFAULT_FLUX_TOLERANCE",
     "DEFAULT_TILE",
     "DEFAULT_WING_CUT",
+    "LINE_FORMS",
     "ln_flux",
     "max_batch_spectra",
     "pad_wavelength",
@@ -57,6 +66,9 @@ __all__ = [
 DEFAULT_WING_CUT = 6000
 #: Largest absorption a_j V_j kept before the log (DESIGN.md step 3).
 MAX_ABSORPTION = 1.0 - 1e-9
+#: How a line's a V makes flux: ``"absorption"`` (1 - a V, the paper's) or ``"optical_depth"``
+#: (exp(-a V)).
+LINE_FORMS = ("absorption", "optical_depth")
 #: Default flux tolerance of adaptive windows against the full ``wing_cut`` windows.
 DEFAULT_FLUX_TOLERANCE = 1e-4
 #: Share of the flux tolerance that one line's truncated wing may use at its window edge;
@@ -307,6 +319,7 @@ def tile_bound(window_cap, mask=None, tile: int = DEFAULT_TILE) -> int:
     static_argnames=(
         "wing_cut",
         "profile",
+        "line_form",
         "compute_dtype",
         "flux_tolerance",
         "max_tiles",
@@ -326,6 +339,7 @@ def ln_flux(
     *,
     wing_cut: int = DEFAULT_WING_CUT,
     profile: str = "pseudo_voigt",
+    line_form: str = "absorption",
     compute_dtype=jnp.float64,
     flux_tolerance: float | None = None,
     max_tiles: int | None = None,
@@ -350,6 +364,7 @@ def ln_flux(
         wing_cut: window width in pixels (every line's window when ``flux_tolerance`` is None,
             as the paper; the largest window otherwise).
         profile: profile name (see :mod:`jblase.profiles`).
+        line_form: one of :data:`LINE_FORMS` (the module docstring).
         compute_dtype: dtype of the profile arithmetic.
         flux_tolerance: adaptive windows: each line's window is the smallest multiple of
             ``tile`` pixels outside which its absorption stays below 5% of this (from its
@@ -369,6 +384,8 @@ def ln_flux(
     than through ``jax.vmap``: under ``vmap`` the skipped steps become selects and cost full
     price.
     """
+    if line_form not in LINE_FORMS:
+        raise ValueError(f"line_form must be one of {LINE_FORMS}, got {line_form!r}")
     wavelength_aa = jnp.asarray(wavelength_aa, jnp.float64)
     center = jnp.asarray(center, jnp.float64)
     batched = center.ndim == 2
@@ -493,6 +510,14 @@ def ln_flux(
         the core pixels that a wing tile masks finite (so are their zero gradients)."""
         x2 = jnp.maximum(x * x, (2.0 * ASYMPTOTIC_RADIUS**2) * s2)
         return series(jnp.minimum(asymptotic_voigt(x2, c_l, g2, s2), _SERIES_LIMIT))
+
+    if line_form == "optical_depth":
+        # ln flux is -a V itself: no clip, no series (the weak-line limit of both).
+        def series(absorption):  # noqa: F811
+            return -absorption
+
+        def ln_transmission(a):  # noqa: F811
+            return -a
 
     if profile == _VOIGT:
         core, wing = voigt_core, voigt_wing
@@ -621,6 +646,7 @@ def synthesize(
     *,
     wing_cut: int = DEFAULT_WING_CUT,
     profile: str = "pseudo_voigt",
+    line_form: str = "absorption",
     compute_dtype=jnp.float64,
     flux_tolerance: float | None = None,
     chunk_elements: int | None = None,
@@ -639,6 +665,7 @@ def synthesize(
             mask,
             wing_cut=wing_cut,
             profile=profile,
+            line_form=line_form,
             compute_dtype=compute_dtype,
             flux_tolerance=flux_tolerance,
             chunk_elements=chunk_elements,

@@ -14,6 +14,7 @@ manifold values may be float32; the profile arithmetic runs in ``compute_dtype``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
@@ -27,6 +28,7 @@ from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_TILE,
     DEFAULT_WING_CUT,
+    LINE_FORMS,
     _nearest_pixel,
     default_chunk_elements,
     ln_flux,
@@ -93,8 +95,20 @@ LN_AMPLITUDE_CUTOFF = -100.0
 #: exponentially with Teff), in a elsewhere (a line fades linearly towards the corners that
 #: lack it); it carries a and the presence as two more channels. The generator then steps
 #: where a point crosses onto a face whose far corners lack a line (by the difference of the
-#: two interpolations there).
+#: two interpolations there). With ``log_max_depth`` (the default), a saturated line (central
+#: depth a V(0) above it at some corner) also takes the a branch: its core hides its strength,
+#: so its fitted a and widths trade off from node to node and their logs interpolate poorly.
 AMPLITUDE_INTERPOLATIONS = ("linear", "log", "hybrid")
+#: The default amplitude interpolation and the central depth above which a line counts as
+#: saturated and takes the a branch of "hybrid" (chosen by ``benchmarks/fidelity.py``: on
+#: both benchmark grids it beats "linear" off the grid points and at left-out nodes).
+DEFAULT_AMPLITUDE_INTERPOLATION = "hybrid"
+#: ``log_max_depth="auto"`` by line form: absorption lines clip at the core, so a saturated
+#: one's a and widths are poorly constrained; optical-depth lines stay constrained (their
+#: logs interpolate well however strong).
+DEFAULT_LOG_MAX_DEPTH = {"absorption": 0.3, "optical_depth": None}
+#: Grid axis names, in the order of the generator's parameters.
+AXIS_NAMES = ("teff", "logg", "feh")
 #: Parameter channels of the generator's values per mode.
 _CHANNELS = {"linear": 4, "log": 4, "hybrid": 6}
 #: Window elements (tiles x tile pixels) per forward-model step on CPU, over the whole batch.
@@ -136,10 +150,15 @@ class Generator(eqx.Module):
         wavelength_padded: ``wavelength`` plus ``pad_lo`` / ``pad_hi`` extra pixels evaluated
             and dropped, so a restricted generator sees the wings of lines just outside its
             range exactly as the full one does.
-        wing_cut, profile, compute_dtype: forward-model settings (static).
-        amplitude_interpolation: ``"linear"`` (default; ``values[..., 1]`` then holds a) or
-            ``"log"`` (the paper's; ``values[..., 1]`` holds ln a). See
-            :data:`AMPLITUDE_INTERPOLATIONS`.
+        wing_cut, profile, line_form, compute_dtype: forward-model settings (static; the
+            clones' own, see :func:`jblase.forward.ln_flux`).
+        amplitude_interpolation: ``"hybrid"`` (default; see :data:`AMPLITUDE_INTERPOLATIONS`),
+            ``"linear"`` (``values[..., 1]`` then holds a) or ``"log"`` (the paper's;
+            ``values[..., 1]`` holds ln a).
+        cubic_axes: grid axes (0 Teff, 1 log g, 2 [Fe/H]) along which every channel is
+            interpolated by a cubic Hermite spline through four nodes instead of linearly
+            (:func:`jblase.interp.interpolate`); empty: trilinear, as the paper. Line strengths
+            grow roughly exponentially with Teff, which a straight line between nodes misses.
         flux_tolerance: adaptive windows: at every call each line gets the window its
             current parameters need for the spectrum to stay within about this of the full
             ``wing_cut`` windows (normalised flux; see :func:`jblase.forward.ln_flux`). The
@@ -163,8 +182,10 @@ class Generator(eqx.Module):
     pad_hi: int = eqx.field(static=True)
     wing_cut: int = eqx.field(static=True, default=DEFAULT_WING_CUT)
     profile: str = eqx.field(static=True, default="pseudo_voigt")
+    line_form: str = eqx.field(static=True, default="absorption")
     compute_dtype: str = eqx.field(static=True, default="float64")
-    amplitude_interpolation: str = eqx.field(static=True, default="linear")
+    amplitude_interpolation: str = eqx.field(static=True, default=DEFAULT_AMPLITUDE_INTERPOLATION)
+    cubic_axes: tuple[int, ...] = eqx.field(static=True, default=())
     window_cap: jax.Array | None = None
     pixel_hint: jax.Array | None = None
     window_wavelength: jax.Array | None = None
@@ -179,10 +200,19 @@ class Generator(eqx.Module):
         n_lines = self.identity_center.shape[0]
         grid = tuple(a.shape[0] for a in self.axes)
         get_profile(self.profile)  # "unknown profile ..." for a bad name
+        if self.line_form not in LINE_FORMS:
+            raise ValueError(f"line_form must be one of {LINE_FORMS}, got {self.line_form!r}")
         if self.amplitude_interpolation not in AMPLITUDE_INTERPOLATIONS:
             raise ValueError(
                 f"amplitude_interpolation must be one of {AMPLITUDE_INTERPOLATIONS}, "
                 f"got {self.amplitude_interpolation!r}"
+            )
+        if any(d not in (0, 1, 2) for d in self.cubic_axes):
+            raise ValueError(f"cubic_axes must name grid axes 0, 1, 2, got {self.cubic_axes}")
+        if self.cubic_axes and self.amplitude_interpolation == "hybrid":
+            raise ValueError(
+                "amplitude_interpolation='hybrid' interpolates linearly (its presence test "
+                "needs non-negative weights); use cubic_axes with 'linear' or 'log'"
             )
         expected = (*grid, _CHANNELS[self.amplitude_interpolation], n_lines)
         if self.values.shape != expected:
@@ -201,17 +231,24 @@ class Generator(eqx.Module):
         *,
         wing_cut: int = DEFAULT_WING_CUT,
         profile: str = "pseudo_voigt",
+        line_form: str = "absorption",
         compute_dtype: str = "float64",
-        amplitude_interpolation: str = "linear",
+        amplitude_interpolation: str = DEFAULT_AMPLITUDE_INTERPOLATION,
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
         fitted_range: tuple[float, float] | None = None,
         log_min_depth: float = 0.0,
+        log_max_depth: float | None | str = "auto",
+        cubic_axes: Sequence[str | int] = (),
     ) -> Generator:
         """Build from raw manifold arrays; ``values[..., 1]`` holds ln a (shapes and units as
         the class attributes). ``log_min_depth`` (``"hybrid"`` only): a line counts as present
         at a node for the ln a interpolation only where its central depth a V(0) is at least
         this (a weaker line's strength is barely constrained by its spectrum, so its ln a
-        says little about how the line grows)."""
+        says little about how the line grows); ``log_max_depth``: and at most this (a
+        saturated core hides how strong a line is, so its a and widths trade off from node to
+        node; ``"auto"``: :data:`DEFAULT_LOG_MAX_DEPTH` for the line form, None: no limit).
+        ``cubic_axes``: axis names (``"teff"``,
+        ``"logg"``, ``"feh"``) or indices; see the class attributes."""
         wl = check_wavelength(wavelength_aa)
         identity = np.asarray(identity_center, np.float64)
         order = np.argsort(identity, kind="stable")
@@ -220,9 +257,16 @@ class Generator(eqx.Module):
         cap = _grid_window_cap(wl, identity, values, int(wing_cut), profile, flux_tolerance)
         if amplitude_interpolation == "hybrid":
             present = values[..., 1:2] >= LN_AMPLITUDE_CUTOFF
-            if log_min_depth > 0:
-                present &= _central_depth(values, profile)[..., None] >= log_min_depth
-            extra = [np.where(present, np.exp(values[..., 1:2]), 0.0), present]
+            # The ln a branch's presence may be stricter; the a channel keeps every line.
+            log_ok = present.copy()
+            if log_max_depth == "auto":
+                log_max_depth = DEFAULT_LOG_MAX_DEPTH.get(line_form)
+            if log_min_depth > 0 or log_max_depth is not None:
+                depth = _central_depth(values, profile)[..., None]
+                log_ok &= depth >= log_min_depth
+                if log_max_depth is not None:
+                    log_ok &= depth <= log_max_depth
+            extra = [np.where(present, np.exp(values[..., 1:2]), 0.0), log_ok]
             values = np.concatenate([values, *(x.astype(values.dtype) for x in extra)], -1)
         elif amplitude_interpolation == "linear":
             values[..., 1] = np.exp(values[..., 1])
@@ -237,8 +281,10 @@ class Generator(eqx.Module):
             pad_hi=0,
             wing_cut=int(wing_cut),
             profile=profile,
+            line_form=line_form,
             compute_dtype=compute_dtype,
             amplitude_interpolation=amplitude_interpolation,
+            cubic_axes=axis_indices(cubic_axes),
             window_cap=jnp.asarray(cap),
             pixel_hint=jnp.asarray(_pixel_hint(wl, identity)),
             window_wavelength=pad_wavelength(wl, int(wing_cut)),
@@ -256,13 +302,15 @@ class Generator(eqx.Module):
         wing_cut: int | None = None,
         profile: str | None = None,
         compute_dtype: str = "float64",
-        amplitude_interpolation: str = "linear",
+        amplitude_interpolation: str = DEFAULT_AMPLITUDE_INTERPOLATION,
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
         log_min_depth: float = 0.0,
+        log_max_depth: float | None | str = "auto",
+        cubic_axes: Sequence[str | int] = (),
     ) -> Generator:
         """Build from a :class:`jblase.manifold.Manifold`; wing cut and profile default to the
         clone settings stored in it, so reconstructions at grid points reproduce the clones.
-        ``log_min_depth``: as :meth:`from_arrays`."""
+        ``log_min_depth``, ``log_max_depth``, ``cubic_axes``: as :meth:`from_arrays`."""
         settings = dict(manifold.settings)
         gen = cls.from_arrays(
             manifold.identity_center,
@@ -271,11 +319,14 @@ class Generator(eqx.Module):
             manifold.wavelength,
             wing_cut=wing_cut or int(settings.get("wing_cut", DEFAULT_WING_CUT)),
             profile=profile or settings.get("profile", "pseudo_voigt"),
+            line_form=settings.get("line_form", "absorption"),
             compute_dtype=compute_dtype,
             amplitude_interpolation=amplitude_interpolation,
             flux_tolerance=flux_tolerance,
             fitted_range=_fitted_range(manifold.wavelength),
             log_min_depth=log_min_depth,
+            log_max_depth=log_max_depth,
+            cubic_axes=cubic_axes,
         )
         return gen if wl_range is None else gen.restrict(*wl_range)
 
@@ -314,8 +365,10 @@ class Generator(eqx.Module):
             pad_hi=int(stop - last),
             wing_cut=self.wing_cut,
             profile=self.profile,
+            line_form=self.line_form,
             compute_dtype=self.compute_dtype,
             amplitude_interpolation=self.amplitude_interpolation,
+            cubic_axes=self.cubic_axes,
             window_cap=jnp.asarray(cap),
             pixel_hint=jnp.asarray(_pixel_hint(wavelength_padded, identity[keep])),
             window_wavelength=pad_wavelength(wavelength_padded, self.wing_cut),
@@ -364,7 +417,8 @@ class Generator(eqx.Module):
         """Interpolated (center [A] float64, ln a, ln sigma, ln gamma, mask), each (n_lines,)
         for params (3,), or (n, n_lines) for params (n, 3)."""
         theta = jnp.asarray(params, jnp.float64)
-        v = interpolate_batch(self.values, self.axes, jnp.atleast_2d(theta))  # (n, 4|6, n_lines)
+        # (n, 4|6, n_lines)
+        v = interpolate_batch(self.values, self.axes, jnp.atleast_2d(theta), self.cubic_axes)
         v = v if theta.ndim == 2 else v[0]
         center = self.identity_center + v[..., 0, :].astype(jnp.float64)
         if self.amplitude_interpolation == "log":
@@ -473,6 +527,7 @@ def _flux(gen: Generator, params, chunk_elements: int | None = None):
         gen.pixel_hint,
         wing_cut=gen.wing_cut,
         profile=gen.profile,
+        line_form=gen.line_form,
         compute_dtype=jnp.dtype(gen.compute_dtype),
         flux_tolerance=gen.flux_tolerance,
         max_tiles=gen.max_tiles,
@@ -496,6 +551,22 @@ def _generate_steps(gen: Generator, steps, n: int, chunk_elements: int | None = 
     """Fluxes (n, n_pix) for steps (n_steps, batch_size, 3), one step at a time."""
     fluxes = jax.lax.map(lambda q: _flux(gen, q, chunk_elements), steps)
     return fluxes.reshape(-1, fluxes.shape[-1])[:n]
+
+
+def axis_indices(axes: Sequence[str | int]) -> tuple[int, ...]:
+    """Grid axes given by name (``"teff"``, ``"logg"``, ``"feh"``) or index, as sorted indices;
+    a string may join several names with ``+`` (``"teff+logg"``)."""
+    if isinstance(axes, str):
+        axes = [a for a in axes.split("+") if a]
+    out = set()
+    for a in axes:
+        if isinstance(a, str):
+            if a not in AXIS_NAMES:
+                raise ValueError(f"unknown grid axis {a!r}: expected one of {AXIS_NAMES}")
+            out.add(AXIS_NAMES.index(a))
+        else:
+            out.add(int(a))
+    return tuple(sorted(out))
 
 
 def _fitted_range(wavelength) -> tuple[float, float]:

@@ -17,6 +17,7 @@ follows ``values``. Axes and points are float64 by default.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -101,8 +102,9 @@ def _grid_lengths(values: Array, axes: Sequence[Array], lead: int) -> tuple[int,
     return lengths
 
 
-def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int) -> Array:
-    """Sum of the 2**D cell corners ``values[:lead, i1 + c1, ..., iD + cD]`` times their weights."""
+def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int, cubic=()) -> Array:
+    """Sum of the 2**D cell corners ``values[:lead, i1 + c1, ..., iD + cD]`` times their weights
+    (four nodes along the ``cubic`` axes)."""
     axes = tuple(jnp.asarray(a) for a in axes)
     point = jnp.asarray(point)
     values = jnp.asarray(values)
@@ -113,36 +115,72 @@ def _multilinear(values: Array, axes: Sequence[Array], point: Array, lead: int) 
     index, weight = locate(axes, point)
     pre = (slice(None),) * lead
     total = None
-    for idx, w in _cell_corners(lengths, index, weight.astype(dtype)):
+    cubic = _check_cubic(cubic, len(axes))
+    for idx, w in _cell_corners(lengths, index, weight.astype(dtype), axes, cubic):
         term = w * values[pre + idx]
         total = term if total is None else total + term
     return total
 
 
-def _cell_corners(lengths, index, t):
+def _hermite_axis(axis: Array, n: int, i: Array, t: Array):
+    """The four (node, weight) pairs of the cubic Hermite interpolant in cell ``i`` of ``axis``.
+
+    Slopes at the cell's nodes are the central differences of the neighbouring nodes
+    (one-sided at the axis ends, where the outer node is clamped onto the cell's own): the
+    interpolant is C1 across nodes, exact for quadratics on a uniform axis and for straight
+    lines on any axis, and its weights sum to 1. On a two-node axis it is the linear one.
+    """
+    j, k = jnp.maximum(i - 1, 0), jnp.minimum(i + 2, n - 1)
+    x_j, x_i, x_1, x_k = axis[j], axis[i], axis[i + 1], axis[k]
+    h = x_1 - x_i
+    t2, t3 = t * t, t * t * t
+    h00, h01 = 2 * t3 - 3 * t2 + 1, -2 * t3 + 3 * t2
+    h10, h11 = (t3 - 2 * t2 + t) * (h / (x_1 - x_j)), (t3 - t2) * (h / (x_k - x_i))
+    return [(j, -h10), (i, h00 - h11), (i + 1, h01 + h10), (k, h11)]
+
+
+def _cell_corners(lengths, index, t, axes=None, cubic=()):
     """The corners of the cells holding the points: ``[(node index per axis, weight), ...]``.
 
     ``index``, ``t``: cell index and fractional position per axis, shape (..., D) (from
-    :func:`locate`). Length-1 axes have one corner with weight 1, so there are 2**(live axes)
-    corners; each entry holds D index arrays and one weight array, shaped as ``index[..., 0]``.
+    :func:`locate`). Length-1 axes have one corner with weight 1; other axes have two
+    (multilinear), or four for the axes listed in ``cubic`` that have at least three nodes
+    (cubic Hermite, :func:`_hermite_axis`; needs ``axes``). Each entry holds D index arrays
+    and one weight array, shaped as ``index[..., 0]``.
     """
-    live = [d for d, n in enumerate(lengths) if n > 1]
+    per_axis = []
+    for d, n in enumerate(lengths):
+        i, td = index[..., d], t[..., d].astype(t.dtype)
+        if n == 1:
+            per_axis.append([(i, None)])
+        elif d in cubic and n >= 3:
+            per_axis.append(_hermite_axis(jnp.asarray(axes[d], t.dtype), n, i, td))
+        else:
+            per_axis.append([(i, 1 - td), (i + 1, td)])
     corners = []
-    for corner in itertools.product((0, 1), repeat=len(live)):
-        shift = dict(zip(live, corner, strict=True))
-        idx = tuple(index[..., d] + shift.get(d, 0) for d in range(len(lengths)))
+    for choice in itertools.product(*per_axis):
+        idx = tuple(node for node, _ in choice)
         w = jnp.ones(t.shape[:-1], t.dtype)
-        for d, c in shift.items():
-            w = w * (t[..., d] if c else 1 - t[..., d])
+        for _, wd in choice:
+            if wd is not None:
+                w = w * wd
         corners.append((idx, w))
     return corners
 
 
-@jax.jit
+def _check_cubic(cubic, n_axes: int) -> tuple[int, ...]:
+    cubic = tuple(sorted({int(d) for d in cubic}))
+    if any(d < 0 or d >= n_axes for d in cubic):
+        raise ValueError(f"cubic axes must lie in [0, {n_axes - 1}], got {cubic}")
+    return cubic
+
+
+@functools.partial(jax.jit, static_argnames="cubic")
 def interpolate(
     values: Inexact[ArrayLike, "*grid *trailing"],
     axes: Sequence[Float[ArrayLike, " n"]],
     point: Float[ArrayLike, " D"],
+    cubic: tuple[int, ...] = (),
 ) -> Inexact[Array, "*trailing"]:
     """Multilinear interpolation of ``values`` at one ``point``.
 
@@ -151,14 +189,18 @@ def interpolate(
             (the result has the same dtype).
         axes: D strictly increasing node arrays, shapes ``(n_1,), ..., (n_D,)``.
         point: shape ``(D,)``, in the units of the axes.
+        cubic: axes (indices) interpolated by a cubic Hermite spline through four nodes
+            instead of linearly (static; axes of fewer than three nodes stay linear). The
+            spline's slopes are central differences of the nodes, so it is C1 across nodes
+            and its gradient is continuous there.
 
     Returns:
-        Shape ``trailing``. Outside the grid the result extrapolates linearly from the edge
-        cell (use :class:`MultilinearInterpolator` for a bounds check). Differentiable in
-        ``point``: exact inside cells, one-sided (right cell, last cell at the last node) on
-        nodes, and zero along axes of length 1. ``vmap`` it over points.
+        Shape ``trailing``. Outside the grid the result extrapolates from the edge cell's
+        polynomial (use :class:`MultilinearInterpolator` for a bounds check). Differentiable
+        in ``point``: exact inside cells, one-sided (right cell, last cell at the last node)
+        on nodes, and zero along axes of length 1. ``vmap`` it over points.
     """
-    return _multilinear(values, axes, point, lead=0)
+    return _multilinear(values, axes, point, lead=0, cubic=cubic)
 
 
 @jax.jit
@@ -188,11 +230,12 @@ def interpolate_lines(
     return _multilinear(values, axes, point, lead=1)
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames="cubic")
 def interpolate_batch(
     values: Inexact[ArrayLike, "*grid *trailing"],
     axes: Sequence[Float[ArrayLike, " n"]],
     points: Float[ArrayLike, "B D"],
+    cubic: tuple[int, ...] = (),
 ) -> Inexact[Array, " B *trailing"]:
     """:func:`interpolate` at ``B`` points at once, as one gather and one matrix product.
 
@@ -201,6 +244,7 @@ def interpolate_batch(
             ``(n_teff, n_logg, n_feh, n_lines, 4)``); float32 or float64 (kept).
         axes: D strictly increasing node arrays.
         points: shape ``(B, D)``.
+        cubic: as :func:`interpolate`.
 
     Returns:
         Shape ``(B, *trailing)``, equal to ``vmap(interpolate)`` (same extrapolation and
@@ -218,7 +262,9 @@ def interpolate_batch(
     trailing = values.shape[len(axes) :]
     rows = values.astype(dtype).reshape(int(np.prod(lengths)), -1)
     index, weight = jax.vmap(locate, in_axes=(None, 0))(axes, points)
-    corners = _cell_corners(lengths, index, weight.astype(dtype))
+    corners = _cell_corners(
+        lengths, index, weight.astype(dtype), axes, _check_cubic(cubic, len(axes))
+    )
     strides = np.cumprod((1, *lengths[:0:-1]))[::-1]
     corner_rows = [
         sum(i * int(stride) for i, stride in zip(idx, strides, strict=True)) for idx, _ in corners

@@ -60,6 +60,13 @@ class PropagationSettings:
         lr_schedule: one of :data:`jblase.clone.LR_SCHEDULES`; None: the clones' own.
         residual_rounds: rounds of residual-driven line addition after each refit; None: the
             clones' own.
+        residual_min_separation_px: a residual line is added only this many pixels or more
+            from the point's inherited lines (see
+            :attr:`jblase.clone.CloneSettings.residual_min_separation_px`); None: the
+            clones' own. Without it (0), residual rounds level after level pile second
+            lines onto inherited ones (on the fine benchmark grid, 40% of the lines at its
+            coolest points sat within a pixel of another), and one physical line's share
+            between the two drifts from point to point.
         seed: the grid point the propagation starts from (Teff, log g, [Fe/H]); None: the
             point nearest the middle of every axis.
         axis_order: the axes (0 Teff, 1 log g, 2 [Fe/H]) in the order the tree spreads along
@@ -70,6 +77,7 @@ class PropagationSettings:
     learning_rate: float | None = None
     lr_schedule: str | None = None
     residual_rounds: int | None = None
+    residual_min_separation_px: float | None = 2.0
     seed: tuple[float, float, float] | None = None
     axis_order: tuple[int, int, int] = (0, 1, 2)
 
@@ -82,13 +90,44 @@ class PropagationSettings:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.residual_rounds is not None and self.residual_rounds < 0:
             raise ValueError(f"residual_rounds must be >= 0, got {self.residual_rounds}")
+        if self.residual_min_separation_px is not None:
+            if self.residual_min_separation_px < 0:
+                raise ValueError(
+                    "residual_min_separation_px must be >= 0, got "
+                    f"{self.residual_min_separation_px}"
+                )
+            # 2 and 2.0 are one setting (one directory key, one stored manifest).
+            object.__setattr__(
+                self, "residual_min_separation_px", float(self.residual_min_separation_px)
+            )
         if sorted(self.axis_order) != [0, 1, 2]:
             raise ValueError(f"axis_order must order the axes 0, 1, 2; got {self.axis_order}")
+
+    def as_dict(self) -> dict:
+        """The fields, less those added later while at their default (so directories
+        propagated before they existed still compare equal)."""
+        out = dataclasses.asdict(self)
+        if out["residual_min_separation_px"] is None:
+            del out["residual_min_separation_px"]
+        return out
+
+    def key(self) -> str:
+        """A stable text of the settings (``repr`` less the later fields at their default)."""
+        text = repr(self)
+        if self.residual_min_separation_px is None:
+            text = text.replace(", residual_min_separation_px=None", "")
+        return text
 
     def clone_settings(self, base: CloneSettings) -> CloneSettings:
         """The clones' settings with this refit's epochs, learning rate and rounds."""
         changes = {}
-        for name in ("epochs", "learning_rate", "lr_schedule", "residual_rounds"):
+        for name in (
+            "epochs",
+            "learning_rate",
+            "lr_schedule",
+            "residual_rounds",
+            "residual_min_separation_px",
+        ):
             if getattr(self, name) is not None:
                 changes[name] = getattr(self, name)
         return dataclasses.replace(base, **changes)
@@ -223,7 +262,7 @@ def propagate_grid(
             f"(jblase clone GRID --out {clones_dir} --teff {seed.teff:g} {seed.teff:g} "
             f"--logg {seed.logg:g} {seed.logg:g} --feh {seed.feh:g} {seed.feh:g})"
         )
-    propagation = {**dataclasses.asdict(settings), "seed": list(seed)}
+    propagation = {**settings.as_dict(), "seed": list(seed)}
     open_refit_dir(
         grid,
         out_dir,

@@ -37,6 +37,24 @@ def test_a_missing_line_is_found_in_the_residual():
     assert np.all(np.diff(np.asarray(out.center)) >= 0)
 
 
+def test_a_minimum_separation_keeps_residual_lines_off_the_existing_ones():
+    # Line 1 is in the list but at a third of its strength: its residual peaks on the line
+    # itself. Line 2 is missing.
+    flux = _saturated([8540.0, 8560.0], [0.05, 0.01])
+    weak = LineList([8540.0], [np.log(0.015)], [np.log(0.03)], [np.log(0.01)])
+    near = lambda out: np.abs(np.asarray(out.center) - 8540.0) < 0.05  # noqa: E731
+    anywhere = add_residual_lines(WL, flux, weak, CloneSettings(wing_cut=2000))
+    assert near(anywhere).sum() == 2  # the old line and one on top of it
+    apart = CloneSettings(wing_cut=2000, residual_min_separation_px=3.0)
+    out = add_residual_lines(WL, flux, weak, apart)
+    assert near(out).sum() == 1 and np.asarray(out.center)[near(out)][0] == 8540.0
+    assert (np.abs(np.asarray(out.center) - 8560.0) < 0.05).sum() == 1  # still found
+    assert "residual_min_separation_px" in apart.as_dict()
+    assert "residual_min_separation_px" not in CloneSettings().as_dict()  # old files compare
+    with pytest.raises(ValueError, match="residual_min_separation_px"):
+        CloneSettings(residual_min_separation_px=-1.0)
+
+
 def test_an_identity_taken_by_the_spectrum_moves_by_a_thousandth():
     flux = _saturated([8560.0], [0.01])
     # An existing (far, weak) line already holds the identity the new detection would get.

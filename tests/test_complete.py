@@ -10,10 +10,12 @@ from jblase.linelist import LineList
 WL = 8500.0 * (1 + 1 / 500_000) ** np.arange(4000)
 
 
-def _lines(pixels, ln_a):
+def _lines(pixels, ln_a, identity=None):
     c = WL[np.asarray(pixels, dtype=int)]
     n = c.size
-    return LineList(c, np.full(n, ln_a), np.full(n, np.log(0.02)), np.full(n, np.log(0.01)))
+    return LineList(
+        c, np.full(n, ln_a), np.full(n, np.log(0.02)), np.full(n, np.log(0.01)), identity
+    )
 
 
 def test_each_point_gets_its_neighbours_lines_it_lacks():
@@ -40,6 +42,27 @@ def test_each_point_gets_its_neighbours_lines_it_lacks():
         assert np.unique(np.asarray(p.identity_center)).size == len(p)
 
 
+def test_kept_identities_are_the_clones_own_even_where_centres_moved():
+    # Propagated clones: one line whose tuned centre drifted 5 pixels between the points (a
+    # match within 2 pixels would split it) keeps the identity it inherited.
+    points = [GridPoint(4000.0, 4.0, 0.0), GridPoint(4500.0, 4.0, 0.0)]
+    a = _lines([1000, 2000], -3.0, identity=np.round(WL[[1000, 2000]], 3))
+    b = _lines([1005], -4.0, identity=np.round(WL[[1000]], 3))
+    matched = completion_plan(points, [a, b], WL, CompletionSettings(identities="match"))
+    kept = completion_plan(points, [a, b], WL, CompletionSettings(identities="keep"))
+    n_ident = lambda plan: len({float(x) for p in plan for x in np.asarray(p.identity_center)})  # noqa: E731
+    assert n_ident(matched) == 3 and n_ident(kept) == 2
+    assert [len(p) for p in kept] == [2, 2]  # 4500 K gets the 2000-pixel line only
+    np.testing.assert_array_equal(
+        np.asarray(kept[1].identity_center), np.round(WL[[1000, 2000]], 3)
+    )
+    twice = _lines([1005, 1010], -4.0, identity=np.round(WL[[1000, 1000]], 3))
+    with pytest.raises(ValueError, match="identities"):
+        CompletionSettings(identities="guess")
+    with pytest.raises(ValueError, match="distinct identities"):
+        completion_plan(points, [a, twice], WL, CompletionSettings(identities="keep"))
+
+
 def test_neighbours_span_every_axis_and_the_nearest_one_is_the_source():
     points = [GridPoint(t, g, 0.0) for t in (4000.0, 4500.0) for g in (4.0, 4.5)]
     # Line at pixel 500 present at (4500, 4.0) with ln a = -2 and at (4500, 4.5) with -6;
@@ -54,6 +77,8 @@ def test_neighbours_span_every_axis_and_the_nearest_one_is_the_source():
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="start_fraction"):
         CompletionSettings(start_fraction=0.0)
+    with pytest.raises(ValueError, match="identities"):
+        CompletionSettings(identities="guess")
 
 
 # ----------------------------------------------------------------- a small grid, end to end

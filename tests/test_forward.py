@@ -95,6 +95,57 @@ def test_lines_near_edges_and_outside():
     np.testing.assert_allclose(flux, dense_flux(wl, *args), rtol=0, atol=DENSE_ATOL)
 
 
+@pytest.mark.parametrize("profile", ["pseudo_voigt", "voigt"])
+def test_optical_depth_form_equals_the_dense_exponential(profile):
+    wl = 8000.0 + np.cumsum(np.full(700, 0.0143))
+    params = list(_lines(40, wl[0] - 0.5, wl[-1] + 0.5, seed=3))
+    params[1][::7] += 3.0  # strong lines too: a V up to ~20, far past the absorption clip
+    flux = synthesize(wl, *params, wing_cut=2 * wl.size, profile=profile, line_form="optical_depth")
+    v = np.asarray(
+        get_profile(profile)(
+            wl[None, :] - params[0][:, None],
+            np.exp(params[2])[:, None],
+            np.exp(params[3])[:, None],
+        )
+    )
+    tau = np.exp(params[1])[:, None] * v
+    assert tau.max() > 5.0
+    np.testing.assert_allclose(flux, np.exp(-tau.sum(0)), rtol=1e-12, atol=1e-14)
+    weak = [params[0], params[1] - 12.0, params[2], params[3]]
+    both = [
+        synthesize(wl, *weak, wing_cut=2 * wl.size, profile=profile, line_form=f)
+        for f in ("absorption", "optical_depth")
+    ]
+    # The weak-line limit is the absorption form's: they differ by the second order of a V.
+    depth = np.abs(1.0 - np.asarray(both[1]))
+    assert depth.max() > 1e-4  # not trivially equal
+    np.testing.assert_array_less(np.abs(np.asarray(both[0]) - both[1]), depth**2 + 1e-15)
+    with pytest.raises(ValueError, match="line_form"):
+        synthesize(wl, *params, wing_cut=100, line_form="emission")
+
+
+def test_saturated_optical_depth_line_keeps_its_gradient():
+    # a V = 50 at the core: the absorption form clips there (zero gradient in a); the optical
+    # depth's gradient stays finite, negative and matches finite differences.
+    wl = 8000.0 + 0.01 * np.arange(200)
+    center, ln_s, ln_g = (
+        jnp.array([wl[100]]),
+        jnp.log(jnp.array([0.02])),
+        jnp.log(jnp.array([0.02])),
+    )
+    core = (
+        lambda ln_a, form: synthesize(  # noqa: E731
+            wl, center, ln_a, ln_s, ln_g, wing_cut=200, line_form=form
+        )[98:103].sum()
+    )
+    ln_a = jnp.array([0.0])
+    g_abs = jax.grad(lambda a: core(a, "absorption"))(ln_a)
+    g_tau = jax.grad(lambda a: core(a, "optical_depth"))(ln_a)
+    assert float(g_abs[0]) == 0.0
+    fd = (core(ln_a + 1e-5, "optical_depth") - core(ln_a - 1e-5, "optical_depth")) / 2e-5
+    assert float(g_tau[0]) < 0 and float(g_tau[0]) == pytest.approx(float(fd), rel=1e-5)
+
+
 def test_saturated_line_is_clamped_and_finite():
     wl = 8000.0 + 0.01 * np.arange(200)
     args = (np.array([wl[100]]), np.array([3.0]), np.log([0.02]), np.log([0.02]))

@@ -56,14 +56,15 @@ def test_grid_point_reproduces_the_node_lines(mode):
         )
         got = generator(jnp.array([AXES[0][i], AXES[1][j], AXES[2][k]]))
         # "linear" stores a = exp(ln a) in float32: a round trip of one float32 rounding
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 if mode == "linear" else 1e-12)
+        # ("hybrid" too, for its saturated lines, which take the a branch)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 if mode == "log" else 1e-6)
 
 
 @pytest.mark.parametrize("mode", ["linear", "log", "hybrid"])
 def test_off_grid_interpolates_line_parameters(mode):
     identity, values, wl = _random_manifold()
     generator = Generator.from_arrays(
-        identity, values, AXES, wl, wing_cut=2000, amplitude_interpolation=mode
+        identity, values, AXES, wl, wing_cut=2000, amplitude_interpolation=mode, log_max_depth=None
     )
     theta = np.array([4700.0, 4.2, -0.1])
     center, ln_a, ln_s, ln_g, mask = generator.line_parameters(theta)
@@ -175,12 +176,64 @@ def test_chunk_elements_per_step(generator, monkeypatch):
     assert generator_chunk_elements(100_000) == cap
 
 
-@pytest.mark.parametrize("mode", ["linear", "hybrid"])
+def test_hybrid_depth_limits_move_lines_to_the_linear_branch_without_losing_them():
+    # With limits no line meets, every line takes the a branch: the "linear" generator.
+    identity, values, wl = _random_manifold()
+    linear = Generator.from_arrays(
+        identity, values, AXES, wl, wing_cut=2000, amplitude_interpolation="linear"
+    )
+    theta = jnp.array([4700.0, 4.2, -0.1])
+    hybrid = lambda **limits: Generator.from_arrays(  # noqa: E731
+        identity, values, AXES, wl, wing_cut=2000, amplitude_interpolation="hybrid", **limits
+    )
+    for limits in ({"log_min_depth": 1e9}, {"log_max_depth": -1.0}):
+        np.testing.assert_allclose(hybrid(**limits)(theta), linear(theta), rtol=0, atol=1e-6)
+    # A limit every line meets changes nothing.
+    loose, plain = hybrid(log_max_depth=1e9), hybrid(log_max_depth=None)
+    np.testing.assert_array_equal(loose(theta), plain(theta))
+
+
+@pytest.mark.parametrize("cubic", [(), ("teff",)])
+def test_cubic_teff_reproduces_the_nodes_and_follows_the_spline(cubic):
+    identity, values, wl = _random_manifold()
+    linear = {"wing_cut": 2000, "amplitude_interpolation": "linear"}
+    gen = Generator.from_arrays(identity, values, AXES, wl, cubic_axes=cubic, **linear)
+    base = Generator.from_arrays(identity, values, AXES, wl, **linear)
+    node = jnp.array([AXES[0][1], AXES[1][1], AXES[2][0]])
+    np.testing.assert_allclose(gen(node), base(node), rtol=0, atol=1e-12)
+    # Off the nodes: the centre offsets follow the Hermite spline of the four Teff nodes
+    # (central-difference slopes) at the log g / [Fe/H] node.
+    teff = 4700.0
+    center = np.asarray(gen.line_parameters(jnp.array([teff, 4.5, 0.0]))[0]) - np.sort(identity)
+    mu = values[np.argsort(identity), :, 1, 1, 0].astype(np.float64)  # (lines, teff)
+    if cubic:
+        from scipy.interpolate import CubicHermiteSpline
+
+        x = AXES[0]
+        slope = np.gradient(mu, x, axis=1, edge_order=1)
+        slope[:, 1:-1] = (mu[:, 2:] - mu[:, :-2]) / (x[2:] - x[:-2])
+        expected = CubicHermiteSpline(x, mu, slope, axis=1)(teff)
+    else:
+        expected = np.array([np.interp(teff, AXES[0], m) for m in mu])
+    np.testing.assert_allclose(center, expected, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="hybrid"):
+        Generator.from_arrays(
+            identity, values, AXES, wl, amplitude_interpolation="hybrid", cubic_axes=cubic or (0,)
+        )
+    with pytest.raises(ValueError, match="unknown grid axis"):
+        Generator.from_arrays(identity, values, AXES, wl, cubic_axes=("mass",))
+
+
+@pytest.mark.parametrize("mode", ["linear", "hybrid", "cubic"])
 def test_gradient_matches_finite_differences(mode):
     identity, values, wl = _random_manifold(n_lines=80, n_pix=6000, seed=5)
-    # float64 values so finite differences are not swamped by float32 rounding
+    # float64 values so finite differences are not swamped by float32 rounding; "cubic":
+    # linear a, cubic Hermite along Teff
+    kind = {"amplitude_interpolation": mode}
+    if mode == "cubic":
+        kind = {"amplitude_interpolation": "linear", "cubic_axes": ("teff",)}
     generator = Generator.from_arrays(
-        identity, values.astype(np.float64), AXES, wl, wing_cut=2000, amplitude_interpolation=mode
+        identity, values.astype(np.float64), AXES, wl, wing_cut=2000, **kind
     )
     theta = jnp.array([4730.0, 4.21, -0.13])
     target = generator(jnp.array([4800.0, 4.3, -0.2]))

@@ -330,3 +330,74 @@ def test_no_implicit_promotion(grid, dtype):
         assert interpolate_lines(lines, AXES, p).dtype == dtype
         assert jax.grad(lambda q: jnp.sum(interp(q)))(p).dtype == jnp.float64
         assert interp.in_bounds(p) and interp.evaluate(p).dtype == dtype
+
+
+# ----------------------------------------------------------------- cubic Hermite along an axis
+
+
+def _hermite_reference(values, pts):
+    """Bilinear in (log g, [Fe/H]) at every Teff node (scipy), then scipy's cubic Hermite
+    spline along Teff with central-difference slopes (one-sided at the ends)."""
+    from scipy.interpolate import CubicHermiteSpline
+
+    out = []
+    for p in pts:
+        f = np.stack(
+            [RegularGridInterpolator(AXES[1:], values[i])(p[1:])[0] for i in range(TEFF.size)]
+        )
+        slope = np.empty_like(f)
+        slope[1:-1] = (f[2:] - f[:-2]) / (TEFF[2:] - TEFF[:-2])[:, None, None]
+        slope[0] = (f[1] - f[0]) / (TEFF[1] - TEFF[0])
+        slope[-1] = (f[-1] - f[-2]) / (TEFF[-1] - TEFF[-2])
+        out.append(CubicHermiteSpline(TEFF, f, slope)(p[0]))
+    return np.stack(out)
+
+
+def test_cubic_axis_matches_scipy_hermite(grid):
+    _, values, rng = grid
+    pts = _points(rng, n=60)
+    ref = _hermite_reference(values, pts)
+    np.testing.assert_allclose(interpolate_batch(values, AXES, pts, (0,)), ref, rtol=1e-12)
+    single = jax.vmap(lambda p: interpolate(values, AXES, p, (0,)))(pts)
+    np.testing.assert_allclose(single, ref, rtol=1e-12)
+    # ... and it is not the trilinear interpolation
+    assert _max_rel(interpolate_batch(values, AXES, pts), ref) > 1e-3
+
+
+def test_cubic_axis_exact_cases():
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    pts = np.linspace(0.0, 4.0, 41)[:, None]
+    # a quadratic on a uniform axis (interior cells; the end cells' slopes are one-sided)
+    quad = 3.0 - 2.0 * x + 0.5 * x**2
+    got = interpolate_batch(quad, (x,), pts, (0,))
+    inner = (pts[:, 0] >= 1.0) & (pts[:, 0] <= 3.0)
+    want = 3.0 - 2.0 * pts[:, 0] + 0.5 * pts[:, 0] ** 2
+    np.testing.assert_allclose(got[inner], want[inner], rtol=1e-13)
+    # a straight line on a non-uniform axis, everywhere; nodes reproduced
+    xn = np.array([0.0, 0.3, 1.5, 1.7, 4.0])
+    line = 2.0 + 0.7 * xn
+    got = interpolate_batch(line, (xn,), pts, (0,))
+    np.testing.assert_allclose(got, 2.0 + 0.7 * pts[:, 0], rtol=1e-13)
+    np.testing.assert_allclose(interpolate_batch(quad, (xn,), xn[:, None], (0,)), quad)
+    # two nodes: the cubic is the linear interpolation
+    two = np.array([1.0, 5.0])
+    np.testing.assert_allclose(
+        interpolate_batch(two, (x[:2],), pts[:11], (0,)), 1.0 + 4.0 * pts[:11, 0], rtol=1e-13
+    )
+
+
+def test_cubic_axis_gradient_is_continuous_across_nodes(grid):
+    _, values, _ = grid
+    f = lambda teff: interpolate(values, AXES, jnp.array([teff, 3.3, -0.2]), (0,))[0, 0]  # noqa: E731
+    df = jax.grad(f)
+    for node in TEFF[1:-1:4]:
+        left, right = df(node - 1e-7), df(node + 1e-7)
+        assert float(left) == pytest.approx(float(right), rel=1e-5, abs=1e-12)
+    p = jnp.array([5432.0, 3.3, -0.2])
+    check_grads(lambda q: interpolate(values, AXES, q, (0,)), (p,), order=1, modes=["rev"])
+
+
+def test_cubic_axes_checked(grid):
+    _, values, _ = grid
+    with pytest.raises(ValueError, match="cubic axes"):
+        interpolate_batch(values, AXES, np.array([[5500.0, 3.0, -0.2]]), (3,))

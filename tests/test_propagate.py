@@ -60,6 +60,15 @@ def test_settings_are_checked():
         PropagationSettings(lr_schedule="warp")
     with pytest.raises(ValueError, match="residual_rounds"):
         PropagationSettings(residual_rounds=-1)
+    with pytest.raises(ValueError, match="residual_min_separation_px"):
+        PropagationSettings(residual_min_separation_px=-0.5)
+    from jblase.clone import CloneSettings
+
+    base = CloneSettings(residual_min_separation_px=1.0)
+    assert PropagationSettings(residual_min_separation_px=3.0).clone_settings(base) == (
+        CloneSettings(residual_min_separation_px=3.0)
+    )
+    assert PropagationSettings(residual_min_separation_px=None).clone_settings(base) == base
 
 
 # ----------------------------------------------------------------- a small grid, end to end
