@@ -112,7 +112,9 @@ def main() -> None:
     parser.add_argument("--grid", choices=["demo", "fine"], default="demo")
     parser.add_argument("--manifold", type=Path, default=None, help="with --grid fine")
     parser.add_argument("--sets", nargs="+", choices=["grid", "offgrid"], default=None)
-    parser.add_argument("--interpolation", default="linear", help="amplitude interpolation")
+    parser.add_argument(
+        "--interpolation", default=None, help="amplitude interpolation (default: the library's)"
+    )
     parser.add_argument(
         "--generator-set",
         nargs="*",
@@ -138,10 +140,9 @@ def main() -> None:
         )
         manifold, model = prepare_manifold(workdir, quick=args.quick, progress=False)
         grid_dir = workdir / "grid"
-    generator_options = {
-        "amplitude_interpolation": args.interpolation,
-        **parse_key_values(args.generator_set, "--generator-set"),
-    }
+    generator_options = parse_key_values(args.generator_set, "--generator-set")
+    if args.interpolation is not None:
+        generator_options["amplitude_interpolation"] = args.interpolation
     generator = Generator.from_manifold(manifold, **generator_options)
     wl = np.asarray(generator.wavelength)
     n_random, n_guided = (40, 8) if args.quick else (100, 20)

@@ -177,6 +177,17 @@ def main() -> None:
         for p in ("blase", "pseudo_voigt")
         for d in ("float64", "float32")
     ]
+    # The optical-depth line form (an option), at the default epochs and at twice them.
+    configs += [
+        {
+            "profile": "pseudo_voigt",
+            "compute_dtype": "float32",
+            "residual_rounds": 1,
+            "line_form": "optical_depth",
+            "epochs": e,
+        }
+        for e in (100, 200)
+    ]
     if args.quick:
         configs = [c for c in configs if c["compute_dtype"] == "float32"]
     real = bench_real(configs, repeats=1 if args.quick else 3) if SHARED_DATA.exists() else []
@@ -191,6 +202,8 @@ def main() -> None:
                 "profile",
                 "compute_dtype",
                 "residual_rounds",
+                "line_form",
+                "epochs",
                 "n_lines",
                 "rms_initial",
                 "rms",
@@ -225,16 +238,23 @@ def main() -> None:
     paper_rows = [r for r in real if r["residual_rounds"] == 0]
     best = min(paper_rows, key=lambda r: r["seconds_per_epoch"]) if paper_rows else None
 
-    def pick(profile, rounds, dtype="float64"):
+    def pick(profile, rounds, dtype="float64", line_form="absorption", epochs=100):
         return next(
             (
                 r
                 for r in real
                 if (r["profile"], r["residual_rounds"], r["compute_dtype"])
                 == (profile, rounds, dtype)
+                and (r.get("line_form", "absorption"), r.get("epochs", 100)) == (line_form, epochs)
             ),
             None,
         )
+
+    def cost(a, b):
+        return a["seconds_median"] / b["seconds_median"] if a and b else None
+
+    default_f32 = pick("pseudo_voigt", 1, "float32")
+    tau = {e: pick("pseudo_voigt", 1, "float32", "optical_depth", e) for e in (100, 200)}
 
     summary = {
         "original_seconds_per_epoch": ORIGINAL_SECONDS_PER_EPOCH,
@@ -249,6 +269,12 @@ def main() -> None:
             if pick("blase", 1) and pick("blase", 0)
             else None
         ),
+        # The optical-depth line form against the default (absorption), float32, same run.
+        "rms_default_pseudo_voigt_float32": (default_f32 or {}).get("rms"),
+        "rms_optical_depth_float32": (tau[100] or {}).get("rms"),
+        "rms_optical_depth_float32_200_epochs": (tau[200] or {}).get("rms"),
+        "cost_ratio_optical_depth_vs_default_float32": cost(tau[100], default_f32),
+        "cost_ratio_optical_depth_200_epochs_vs_default_float32": cost(tau[200], default_f32),
         "grid_seconds_per_spectrum_batch8": grid[-1]["seconds_per_spectrum"] if grid else None,
         "paper_grid_minutes_extrapolated": paper and paper["extrapolated_grid_minutes"],
         "peak_rss_mb": peak_rss_mb(),

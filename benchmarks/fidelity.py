@@ -444,6 +444,13 @@ def parse_args(argv=None):
         help="propagate the clones across the grid (jblase.propagate) before any completion",
     )
     parser.add_argument(
+        "--seed-only",
+        action="store_true",
+        help="with --propagate --no-complete: clone only the propagation seed (what the "
+        "propagated pipeline needs; no independent clones to report); leave-one-out folds "
+        "then start from that seed too (without it, from the middle of the kept grid)",
+    )
+    parser.add_argument(
         "--propagate-set",
         nargs="*",
         default=[],
@@ -479,7 +486,12 @@ def main(argv=None) -> dict:
     from jblase.complete import CompletionSettings, complete_grid
     from jblase.manifold import Manifold, build_manifold
     from jblase.pipeline import clone_grid
-    from jblase.propagate import PropagationSettings, identity_presence, propagate_grid
+    from jblase.propagate import (
+        PropagationSettings,
+        identity_presence,
+        propagate_grid,
+        propagation_seed,
+    )
 
     enable_compile_cache()
     warnings.filterwarnings("ignore", message="only .* continuum maxima")
@@ -532,9 +544,21 @@ def main(argv=None) -> dict:
             f"{int(active.sum())} active"
         )
 
+    if args.seed_only and (propagation is None or args.complete):
+        raise SystemExit("--seed-only needs --propagate and --no-complete")
+    clone_source = grid
+    if args.seed_only:
+        seed = GridPoint(*(propagation.seed or propagation_seed(grid.points())))
+        clone_source = PhoenixGrid(
+            grid_dir,
+            wl_range=crop,
+            teff_range=(seed.teff,) * 2,
+            logg_range=(seed.logg,) * 2,
+            feh_range=(seed.feh,) * 2,
+        )
     with stage(timings, "clone", cpu=cpu, message=f"2/5 cloning into {clones_dir} ({settings})"):
         summary = clone_grid(
-            grid,
+            clone_source,
             clones_dir,
             settings,
             batch_size=args.batch,
@@ -632,9 +656,11 @@ def main(argv=None) -> dict:
                 shutil.rmtree(propagated_dir, ignore_errors=True)
                 gone = {GridPoint(*map(float, q)) for q in dropped}
                 kept = [q for q in grid.points() if q not in gone]
-                propagate_grid(
-                    grid, loo_dir, propagated_dir, propagation, points=kept, progress=False
-                )
+                fold = propagation
+                if args.seed_only and propagation.seed is None:
+                    # Only the full grid's seed was cloned: the fold starts from it too.
+                    fold = dataclasses.replace(propagation, seed=tuple(seed))
+                propagate_grid(grid, loo_dir, propagated_dir, fold, points=kept, progress=False)
                 shutil.rmtree(loo_dir, ignore_errors=True)
                 loo_dir = propagated_dir
             if completion is not None:

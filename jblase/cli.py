@@ -231,11 +231,27 @@ def _cmd_build(args) -> int:
     return 0
 
 
-def _load_generator(path, wl_range=None, dtype="float64"):
-    from jblase.generator import Generator
+def _load_generator(path, wl_range=None, dtype="float64", interpolation=None):
+    from jblase.generator import DEFAULT_AMPLITUDE_INTERPOLATION, Generator
     from jblase.manifold import Manifold
 
-    return Generator.from_manifold(Manifold.load(path), wl_range=wl_range, compute_dtype=dtype)
+    return Generator.from_manifold(
+        Manifold.load(path),
+        wl_range=wl_range,
+        compute_dtype=dtype,
+        amplitude_interpolation=interpolation or DEFAULT_AMPLITUDE_INTERPOLATION,
+    )
+
+
+def _interpolation_arg(p) -> None:
+    p.add_argument(
+        "--interpolation",
+        choices=["hybrid", "linear", "log"],
+        default=None,
+        help="how line strengths are interpolated between grid points: hybrid (default; ln a "
+        "where a line is present and unsaturated at every corner, a elsewhere), linear (a) or "
+        "log (ln a, the paper's)",
+    )
 
 
 def _cmd_reconstruct(args) -> int:
@@ -243,7 +259,9 @@ def _cmd_reconstruct(args) -> int:
 
     from jblase.io import write_spectrum
 
-    gen = _load_generator(args.manifold, tuple(args.wl) if args.wl else None)
+    gen = _load_generator(
+        args.manifold, tuple(args.wl) if args.wl else None, interpolation=args.interpolation
+    )
     params = gen.check_params([args.teff, args.logg, args.feh])
     flux = np.asarray(gen(params))
     write_spectrum(args.out, np.asarray(gen.wavelength), flux)
@@ -257,7 +275,7 @@ def _cmd_infer(args) -> int:
     from jblase.io import read_spectrum
 
     wavelength, flux, _ = read_spectrum(args.spectrum)
-    gen = _load_generator(args.manifold)
+    gen = _load_generator(args.manifold, interpolation=args.interpolation)
     result = infer(
         gen,
         wavelength,
@@ -384,7 +402,7 @@ def _cmd_fit(args) -> int:
     if args.lines is not None:
         model = line_list_model(args.lines, spectrum, settings)
     else:
-        model = _load_generator(args.manifold)
+        model = _load_generator(args.manifold, interpolation=args.interpolation)
     result = fit(model, spectrum, settings, mask_intervals=mask, **search)
     if args.plot is not None:
         from jblase.plots import plot_fit
@@ -578,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feh", type=float, required=True)
     _range(p, "--wl", "wavelength range in A")
     p.add_argument("--out", required=True, type=Path, help=".npz, .csv or .fits")
+    _interpolation_arg(p)
     p.set_defaults(func=_cmd_reconstruct)
 
     p = sub.add_parser("infer", help="infer Teff, log g, [Fe/H] of a normalised spectrum")
@@ -592,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refine", action="store_true", help="skip the gradient refinement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _interpolation_arg(p)
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser(
@@ -697,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save data, model and residuals to this image",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _interpolation_arg(p)
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded demo grid")

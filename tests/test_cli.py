@@ -71,21 +71,24 @@ HELP_OPTIONS = {
     "synth-grid": ["--out", "--teff", "--logg", "--feh", "--wl", "--resolution", "--seed"]
     + ["--quick", "--quiet"],
     "clone": ["grid_dir", "--out", "--teff", "--logg", "--feh", "--wl", "--prominence"]
-    + ["--wing-cut", "--epochs", "--lr", "--batch", "--profile", "--optimizer", "--dtype"]
+    + ["--wing-cut", "--epochs", "--lr", "--batch", "--profile", "--line-form", "--optimizer"]
+    + ["--dtype"]
     + ["--fixed-centers", "--residual-rounds", "--residual-prominence", "--quiet"],
     "complete": ["grid_dir", "clones_dir", "--out", "--epochs", "--start-fraction"]
     + ["--tolerance-px", "--batch", "--quiet"],
     "propagate": ["grid_dir", "clones_dir", "--out", "--epochs", "--learning-rate"]
-    + ["--lr-schedule", "--residual-rounds", "--seed", "--batch", "--quiet"],
+    + ["--lr-schedule", "--residual-rounds", "--residual-min-separation", "--seed", "--batch"]
+    + ["--quiet"],
     "build": ["clones_dir", "--out", "--fill-missing", "--wavelength", "--wl", "--table"]
     + ["--wing-cut", "--quiet"],
-    "reconstruct": ["manifold", "--teff", "--logg", "--feh", "--wl", "--out", "--quiet"],
+    "reconstruct": ["manifold", "--teff", "--logg", "--feh", "--wl", "--out", "--interpolation"]
+    + ["--quiet"],
     "infer": ["manifold", "spectrum", "--teff-prior", "--teff-window", "--n-random"]
-    + ["--n-guided", "--no-refine", "--seed", "--json", "--quiet"],
+    + ["--n-guided", "--no-refine", "--seed", "--json", "--interpolation", "--quiet"],
     "fit": ["spectrum", "--manifold", "--lines", "--teff-prior", "--teff-window", "--orders"]
     + ["--berv", "--resolving-power", "--fit-resolution", "--vsini", "--fixed-vsini"]
     + ["--continuum-degree", "--mask-file", "--robust", "--n-random", "--n-guided", "--seed"]
-    + ["--plot", "--json", "--quiet"],
+    + ["--plot", "--json", "--interpolation", "--quiet"],
     "demo": ["--out", "--quick", "--quiet"],
 }
 
@@ -271,6 +274,23 @@ def test_reconstruct_writes_a_readable_spectrum(work, generator, tmp_path, suffi
     np.testing.assert_array_equal(flux, np.asarray(generator(np.array(STAR))))
     assert np.all(flux > 0) and np.all(flux <= 1)
     assert flux.min() < 0.95  # it has lines
+
+
+def test_reconstruct_with_the_papers_interpolation(work, generator, tmp_path):
+    from jblase.generator import Generator
+    from jblase.manifold import Manifold
+
+    path = tmp_path / "log.npz"
+    params = ["--teff", "5250", "--logg", "4.2", "--feh", "-0.2", "--interpolation", "log"]
+    ok(["reconstruct", work["manifold"], *params, "--out", path, "--quiet"])
+    _, flux, _ = read_spectrum(path)
+    paper = Generator.from_manifold(Manifold.load(work["manifold"]), amplitude_interpolation="log")
+    np.testing.assert_array_equal(flux, np.asarray(paper(np.array(STAR))))
+    assert np.abs(flux - np.asarray(generator(np.array(STAR)))).max() > 1e-4  # not the default
+    code, _, err = run(
+        ["reconstruct", work["manifold"], *params[:6], "--interpolation", "cubic", "--out", path]
+    )
+    assert code == 2 and "invalid choice" in err
 
 
 def test_reconstruct_wl_crops_the_output(work, generator, tmp_path):
