@@ -80,6 +80,7 @@ from tqdm.auto import tqdm
 from jblase.clone import CloneSettings
 from jblase.demo import DEMO_CLONE_SETTINGS, demo_axes
 from jblase.detect import active_region
+from jblase.generator import AXIS_NAMES
 from jblase.grids import synthetic
 from jblase.grids.base import GridPoint
 from jblase.grids.phoenix import PhoenixGrid
@@ -91,7 +92,6 @@ PIXEL = "pixel"
 PIXEL_CUBIC = "pixel_cubic_teff"
 NEAREST = "nearest"
 BASELINES = (PIXEL, PIXEL_CUBIC, NEAREST)
-AXIS_NAMES = ("teff", "logg", "feh")
 
 #: The fine grid: PHOENIX's steps (250 K, 0.5 dex) over the Teff range where lines are many.
 FINE_TEFFS = tuple(float(t) for t in range(3500, 7001, 250))
@@ -143,6 +143,13 @@ def grid_spec(name: str, quick: bool, line_formation: str | None = None) -> Grid
     return GridSpec(name, model, axes, QUICK_CROP if quick else None, settings, n_per_cell)
 
 
+def propagation_key(settings) -> str:
+    """The text of :class:`~jblase.propagate.PropagationSettings` that names work directories:
+    its ``repr``, less ``residual_min_separation_px=None`` (the field came later, and
+    directories made before it keep their names)."""
+    return repr(settings).replace(", residual_min_separation_px=None", "")
+
+
 def settings_key(*parts) -> str:
     """A short, stable hash of JSON-serialisable ``parts`` (names the clone directories)."""
     text = json.dumps(parts, sort_keys=True, default=str)
@@ -169,6 +176,15 @@ def pixel_interpolate(cube: np.ndarray, axes, points: np.ndarray, cubic=()) -> n
     points = np.atleast_2d(np.asarray(points, np.float64))
     axes = tuple(np.asarray(a, np.float64) for a in axes)
     return np.asarray(interpolate_batch(np.asarray(cube, np.float64), axes, points, cubic))
+
+
+def _baselines(cube: np.ndarray, axes) -> dict:
+    """The predictors a user has without jblase, by name (:data:`BASELINES`)."""
+    return {
+        PIXEL: lambda pts: pixel_interpolate(cube, axes, pts),
+        PIXEL_CUBIC: lambda pts: pixel_interpolate(cube, axes, pts, (0,)),
+        NEAREST: lambda pts: nearest_spectra(cube, axes, pts),
+    }
 
 
 def nearest_index(axes, points: np.ndarray) -> np.ndarray:
@@ -526,7 +542,8 @@ def main(argv=None) -> dict:
         else None
     )
     if propagation is not None and not args.tag:
-        tag = "_".join(t for t in (tag, "propagated" + settings_key(propagation.key())[:4]) if t)
+        short = settings_key(propagation_key(propagation))[:4]
+        tag = "_".join(t for t in (tag, "propagated" + short) if t)
     if not args.complete and not args.tag:
         tag = "_".join(t for t in (tag, "independent") if t)
     grid_name = f"grid_{spec.model.line_formation}"
@@ -581,7 +598,7 @@ def main(argv=None) -> dict:
     )
     if propagation is not None:
         with stage(timings, "propagate", cpu=cpu, message="2a/5 propagating the clones"):
-            refit_key = settings_key(clone_key, propagation.key())
+            refit_key = settings_key(clone_key, propagation_key(propagation))
             source_dir = workdir / f"propagated_{refit_key}"
             done = propagate_grid(grid, clones_dir, source_dir, propagation, progress=progress)
             print(
@@ -590,7 +607,7 @@ def main(argv=None) -> dict:
             )
             presence["propagated"] = identity_presence(source_dir)
             summary["cloned"] += done["propagated"]
-        manifold_key = settings_key(manifold_key, propagation.key())
+        manifold_key = settings_key(manifold_key, propagation_key(propagation))
     if completion is not None:
         with stage(timings, "complete", cpu=cpu, message="2b/5 completing the clones"):
             completed_dir = workdir / f"completed_{settings_key(refit_key, completion)}"
@@ -629,10 +646,7 @@ def main(argv=None) -> dict:
                 for p in tqdm(points, desc="simulator truths", disable=not progress)
             ]
         )
-        predictors = _generators(manifold, variants)
-        predictors[PIXEL] = lambda pts: pixel_interpolate(cube, axes, pts)
-        predictors[PIXEL_CUBIC] = lambda pts: pixel_interpolate(cube, axes, pts, (0,))
-        predictors[NEAREST] = lambda pts: nearest_spectra(cube, axes, pts)
+        predictors = {**_generators(manifold, variants), **_baselines(cube, axes)}
         scores = evaluate(predictors, points, truth, active)
         off_rows = point_rows(points, scores)
         for r in off_rows:
@@ -674,12 +688,7 @@ def main(argv=None) -> dict:
                 warnings.simplefilter("ignore")
                 sub_manifold = build_manifold(loo_dir, progress=False, **manifold_kwargs)
             shutil.rmtree(loo_dir, ignore_errors=True)
-            predictors = _generators(sub_manifold, variants)
-            predictors[PIXEL] = lambda pts, c=sub_cube, a=sub_axes: pixel_interpolate(c, a, pts)
-            predictors[PIXEL_CUBIC] = lambda pts, c=sub_cube, a=sub_axes: pixel_interpolate(
-                c, a, pts, (0,)
-            )
-            predictors[NEAREST] = lambda pts, c=sub_cube, a=sub_axes: nearest_spectra(c, a, pts)
+            predictors = {**_generators(sub_manifold, variants), **_baselines(sub_cube, sub_axes)}
             scores = evaluate(predictors, dropped, true, active)
             label = f"{node:.0f}" if axis == 0 else f"{node:.2f}"
             loo_rows += point_rows(dropped, scores, dropped_axis=AXIS_NAMES[axis], node=label)

@@ -134,12 +134,9 @@ class CloneSettings:
 
     def as_dict(self) -> dict:
         settings = dict(self.__dict__)
-        if settings["lr_schedule"] == "constant":
-            del settings["lr_schedule"]
-        if settings["residual_min_separation_px"] == 0:
-            del settings["residual_min_separation_px"]
-        if settings["line_form"] == "absorption":
-            del settings["line_form"]
+        for name in _OMITTED_AT_DEFAULT:
+            if settings[name] == getattr(CloneSettings, name):
+                del settings[name]
         return settings
 
     @classmethod
@@ -154,6 +151,9 @@ class CloneSettings:
 
 #: What clone settings stored before a field existed meant (see CloneSettings.from_dict).
 _LEGACY_SETTINGS = {"residual_rounds": 0}
+#: Fields added after clone files were first written: left out of the stored settings while at
+#: their default, so files written before them still compare equal.
+_OMITTED_AT_DEFAULT = ("lr_schedule", "residual_min_separation_px", "line_form")
 
 
 @dataclass

@@ -150,7 +150,7 @@ def _cell_corners(lengths, index, t, axes=None, cubic=()):
     """
     per_axis = []
     for d, n in enumerate(lengths):
-        i, td = index[..., d], t[..., d].astype(t.dtype)
+        i, td = index[..., d], t[..., d]
         if n == 1:
             per_axis.append([(i, None)])
         elif d in cubic and n >= 3:

@@ -111,13 +111,6 @@ class PropagationSettings:
             del out["residual_min_separation_px"]
         return out
 
-    def key(self) -> str:
-        """A stable text of the settings (``repr`` less the later fields at their default)."""
-        text = repr(self)
-        if self.residual_min_separation_px is None:
-            text = text.replace(", residual_min_separation_px=None", "")
-        return text
-
     def clone_settings(self, base: CloneSettings) -> CloneSettings:
         """The clones' settings with this refit's epochs, learning rate and rounds."""
         changes = {}
