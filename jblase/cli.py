@@ -1,5 +1,5 @@
 """The ``jblase`` command: fetch, synth-grid, clone, complete, propagate, build, reconstruct,
-infer, fit, demo.
+infer, fit, fit-many, demo.
 
 Compiled programs are kept between runs in JAX's persistent compilation cache (compilation is
 most of a short command's time on CPU): ``$JBLASE_CACHE_DIR``, by default
@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pickle
 import sys
 from pathlib import Path
 
+from jblase._compiled import compile_cache_dir, enable_compile_cache  # noqa: F401
 from jblase.forward import LINE_FORMS
 from jblase.profiles import PROFILES
 
@@ -335,6 +335,35 @@ def _berv_arg(text: str) -> float | str:
     return value
 
 
+def _systematic_errors_arg(text: str | None) -> dict[str, float] | None:
+    """``--systematic-errors teff=60,logg=0.1,feh=0.03`` as a dict (None when not given)."""
+    if text is None:
+        return None
+    from jblase.fit import PARAMETERS
+
+    usage = "--systematic-errors takes NAME=VALUE pairs separated by commas, e.g. teff=60,logg=0.1"
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not item.strip() or not sep or not name or not value:
+            raise ValueError(f"{usage}; got {text!r}")
+        if name not in PARAMETERS:
+            raise ValueError(
+                f"--systematic-errors: unknown parameter {name!r}; expected names among "
+                f"{', '.join(PARAMETERS)}"
+            )
+        if name in out:
+            raise ValueError(f"--systematic-errors: {name!r} given twice")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number >= 0):
+            raise ValueError(f"--systematic-errors: {name}={value!r} must be a finite number >= 0")
+        out[name] = number
+    return out
+
+
 def _json_null_nan(obj):
     """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
     if isinstance(obj, dict):
@@ -354,6 +383,9 @@ def _print_fit(result) -> None:
         if name in result.fitted:
             error = result.errors[name]
             value += f" +/- {error:{fmt}}" if math.isfinite(error) else " +/- ?"
+            floor = (result.systematic_errors or {}).get(name)
+            if floor is not None and math.isfinite(error):
+                value += f" (Laplace {result.errors_stat[name]:{fmt}} + floor {floor:{fmt}})"
         else:
             value += " (fixed)"
         print(f"{label:<8}= {value} {unit}".rstrip())
@@ -362,13 +394,48 @@ def _print_fit(result) -> None:
         + (f" ({result.n_clipped} clipped)" if result.n_clipped else "")
         + f"; {result.seconds['total']:.1f} s"
     )
+    post = result.posterior
+    if post is not None:
+        print(
+            f"posterior (NUTS, {post['chains']} chains x {post['draws']} draws, "
+            f"{post['divergences']} divergent): median [16%, 84%], R-hat, ESS"
+        )
+        for name, label, unit, fmt in _FIT_ROWS:
+            if name in result.fitted:
+                print(
+                    f"  {label:<8}{post['median'][name]:{fmt}} [{post['p16'][name]:{fmt}}, "
+                    f"{post['p84'][name]:{fmt}}] {unit}  R-hat {post['rhat'][name]:.3f}  "
+                    f"ESS {post['ess'][name]:.0f}"
+                )
     print(f"BERV {result.berv_kms:.4f} km/s ({result.berv_source})")
     if result.uncertainty_estimated:
         print("uncertainties: none in the file; set to the residual scatter (chi2_reduced = 1)")
 
 
+def _fit_settings(args):
+    """(FitSettings, search options, mask intervals or None) from the fit options."""
+    from jblase.fit import FitSettings, read_mask_file
+
+    settings = FitSettings(
+        continuum_degree=args.continuum_degree,
+        resolving_power=args.resolving_power,
+        fit_resolution=args.fit_resolution,
+        vsini_kms=args.vsini,
+        fit_vsini=not args.fixed_vsini,
+        berv_kms=_berv_arg(args.berv),
+        robust=args.robust,
+        systematic_errors=_systematic_errors_arg(args.systematic_errors),
+        **({} if args.teff_prior is None else {"teff_prior": args.teff_prior}),
+        **({} if args.teff_window is None else {"teff_window": args.teff_window}),
+    )
+    search = {n: getattr(args, n) for n in ("n_random", "n_guided", "seed")}
+    search = {n: v for n, v in search.items() if v is not None}
+    mask = None if args.mask_file is None else read_mask_file(args.mask_file)
+    return settings, search, mask
+
+
 def _cmd_fit(args) -> int:
-    from jblase.fit import FitSettings, fit, line_list_model, read_mask_file
+    from jblase.fit import fit, line_list_model
     from jblase.spectra import read_observed
 
     if (args.manifold is None) == (args.lines is None):
@@ -380,30 +447,35 @@ def _cmd_fit(args) -> int:
                 f"{' '.join(given)} apply only to --manifold fits (a --lines fit holds the "
                 "stellar parameters fixed)"
             )
-    berv = _berv_arg(args.berv)
     for path in (args.spectrum, args.manifold, args.lines, args.mask_file):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
-    settings = FitSettings(
-        continuum_degree=args.continuum_degree,
-        resolving_power=args.resolving_power,
-        fit_resolution=args.fit_resolution,
-        vsini_kms=args.vsini,
-        fit_vsini=not args.fixed_vsini,
-        berv_kms=berv,
-        robust=args.robust,
-        **({} if args.teff_prior is None else {"teff_prior": args.teff_prior}),
-        **({} if args.teff_window is None else {"teff_window": args.teff_window}),
-    )
-    search = {n: getattr(args, n) for n in ("n_random", "n_guided", "seed")}
-    search = {n: v for n, v in search.items() if v is not None}
+    settings, search, mask = _fit_settings(args)
     spectrum = read_observed(args.spectrum, orders=args.orders)
-    mask = None if args.mask_file is None else read_mask_file(args.mask_file)
     if args.lines is not None:
         model = line_list_model(args.lines, spectrum, settings)
     else:
         model = _load_generator(args.manifold, interpolation=args.interpolation)
-    result = fit(model, spectrum, settings, mask_intervals=mask, **search)
+    posterior = None
+    if args.posterior == "nuts":
+        from jblase.posterior import PosteriorSettings
+
+        posterior = PosteriorSettings(
+            draws=args.draws, warmup=max(200, args.draws // 2), chains=args.chains
+        )
+    elif args.draws_out is not None:
+        raise ValueError("--draws-out needs --posterior nuts")
+    result = fit(model, spectrum, settings, mask_intervals=mask, posterior=posterior, **search)
+    if args.draws_out is not None:
+        import numpy as np
+
+        np.savez(
+            args.draws_out,
+            draws=result.posterior_draws,
+            names=np.array(result.fitted),
+            rhat=np.array([result.posterior["rhat"][n] for n in result.fitted]),
+            ess=np.array([result.posterior["ess"][n] for n in result.fitted]),
+        )
     if args.plot is not None:
         from jblase.plots import plot_fit
 
@@ -417,11 +489,125 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _cmd_fit_many(args) -> int:
+    from jblase.survey import FitJob, SurveySettings, run_survey
+
+    for path in (args.manifold, args.mask_file):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    settings, search, mask = _fit_settings(args)
+    job = FitJob(
+        manifold=str(args.manifold),
+        settings=settings,
+        search=search,
+        orders=None if args.orders is None else tuple(args.orders),
+        mask_intervals=mask,
+        interpolation=args.interpolation,
+    )
+    engine = SurveySettings(
+        workers=args.workers,
+        scheduler=args.scheduler,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    done = run_survey(args.inputs, args.out, job, engine)
+    print(
+        f"{done['total']} spectra: {done['fitted']} fitted ({done['failed']} failed), "
+        f"{done['skipped']} already in the table -> {done['table']}"
+    )
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from jblase.demo import run_demo
 
     run_demo(args.out, quick=args.quick, progress=not args.quiet)
     return 0
+
+
+def _fit_options(p) -> None:
+    """The options of a stellar fit, shared by ``fit`` and ``fit-many``."""
+    p.add_argument(
+        "--teff-prior",
+        type=float,
+        default=None,
+        metavar="T",
+        help="centre of the Teff search box (K)",
+    )
+    p.add_argument(
+        "--teff-window",
+        type=float,
+        default=None,
+        metavar="W",
+        help="half-width of the Teff box (K; 500)",
+    )
+    p.add_argument(
+        "--orders",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="order labels to fit (default: all)",
+    )
+    p.add_argument(
+        "--berv",
+        default="0",
+        metavar="KMS|header",
+        help="barycentric correction in km/s, or 'header' (BERV / BRVCORR keywords, or computed "
+        "by astropy); default 0, right for data already on barycentric wavelengths",
+    )
+    p.add_argument(
+        "--resolving-power",
+        type=float,
+        default=None,
+        metavar="R",
+        help="instrumental R, held fixed unless --fit-resolution (default: fitted from 50000)",
+    )
+    p.add_argument(
+        "--fit-resolution", action="store_true", help="fit R, starting at --resolving-power"
+    )
+    p.add_argument(
+        "--vsini",
+        type=float,
+        default=3.0,
+        metavar="V",
+        help="v sin i start, or fixed value (km/s; 3)",
+    )
+    p.add_argument("--fixed-vsini", action="store_true", help="hold v sin i at --vsini")
+    p.add_argument(
+        "--continuum-degree",
+        type=int,
+        default=2,
+        metavar="D",
+        help="Chebyshev degree per order (2)",
+    )
+    p.add_argument(
+        "--mask-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="text file of 'lo hi' wavelength intervals (A, data frame) to leave out",
+    )
+    p.add_argument(
+        "--robust", action="store_true", help="sigma-clip outlying pixels (5 sigma) and refit"
+    )
+    p.add_argument(
+        "--systematic-errors",
+        default=None,
+        metavar="NAME=ERR,...",
+        help="a systematic error floor per parameter (e.g. teff=60,logg=0.1,feh=0.03; names: "
+        "teff logg feh rv_kms vsini_kms resolving_power), added in quadrature to the Laplace "
+        "errors: the model's own (interpolation) error, calibrated on injections "
+        "(benchmarks/injection.py --calibrate); the JSON keeps the Laplace error as NAME_err_stat",
+    )
+    p.add_argument(
+        "--n-random", type=int, default=None, metavar="N", help="random search points (100)"
+    )
+    p.add_argument(
+        "--n-guided", type=int, default=None, metavar="N", help="GP-guided search points (20)"
+    )
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (0)")
+    _interpolation_arg(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -638,77 +824,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="one line list: a jblase clone (.npz) or an original-code clone (.pt); the stellar "
         "parameters stay fixed",
     )
+    _fit_options(p)
     p.add_argument(
-        "--teff-prior",
-        type=float,
+        "--posterior",
+        choices=["nuts"],
         default=None,
-        metavar="T",
-        help="centre of the Teff search box (K)",
+        help="also sample the posterior of the fitted parameters by NUTS (needs blackjax: "
+        'pip install "jblase[sampling]"); the JSON gains NAME_median, NAME_p16, NAME_p84 and '
+        "the chains' R-hat and effective sample sizes",
     )
     p.add_argument(
-        "--teff-window",
-        type=float,
-        default=None,
-        metavar="W",
-        help="half-width of the Teff box (K; 500)",
+        "--draws", type=int, default=1000, metavar="N", help="NUTS draws per chain (1000)"
     )
     p.add_argument(
-        "--orders",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="order labels to fit (default: all)",
+        "--chains", type=int, default=4, metavar="C", help="NUTS chains (4), after one warm-up"
     )
     p.add_argument(
-        "--berv",
-        default="0",
-        metavar="KMS|header",
-        help="barycentric correction in km/s, or 'header' (BERV / BRVCORR keywords, or computed "
-        "by astropy); default 0, right for data already on barycentric wavelengths",
-    )
-    p.add_argument(
-        "--resolving-power",
-        type=float,
-        default=None,
-        metavar="R",
-        help="instrumental R, held fixed unless --fit-resolution (default: fitted from 50000)",
-    )
-    p.add_argument(
-        "--fit-resolution", action="store_true", help="fit R, starting at --resolving-power"
-    )
-    p.add_argument(
-        "--vsini",
-        type=float,
-        default=3.0,
-        metavar="V",
-        help="v sin i start, or fixed value (km/s; 3)",
-    )
-    p.add_argument("--fixed-vsini", action="store_true", help="hold v sin i at --vsini")
-    p.add_argument(
-        "--continuum-degree",
-        type=int,
-        default=2,
-        metavar="D",
-        help="Chebyshev degree per order (2)",
-    )
-    p.add_argument(
-        "--mask-file",
+        "--draws-out",
         type=Path,
         default=None,
-        metavar="FILE",
-        help="text file of 'lo hi' wavelength intervals (A, data frame) to leave out",
+        metavar="FILE.npz",
+        help="save the NUTS draws (chains x draws x parameters, physical units) here",
     )
-    p.add_argument(
-        "--robust", action="store_true", help="sigma-clip outlying pixels (5 sigma) and refit"
-    )
-    p.add_argument(
-        "--n-random", type=int, default=None, metavar="N", help="random search points (100)"
-    )
-    p.add_argument(
-        "--n-guided", type=int, default=None, metavar="N", help="GP-guided search points (20)"
-    )
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (0)")
     p.add_argument(
         "--plot",
         type=Path,
@@ -717,8 +854,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="save data, model and residuals to this image",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _interpolation_arg(p)
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser(
+        "fit-many",
+        help="fit many observed spectra (a directory or a list file) on a Dask cluster into a "
+        "resumable table",
+    )
+    p.add_argument(
+        "inputs",
+        type=Path,
+        help="a directory of spectra (.npz, .csv, FITS) or a list file (one path per line)",
+    )
+    p.add_argument("--manifold", type=Path, required=True, metavar="FILE", help="a manifold")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="TABLE",
+        help="CSV table, one row per spectrum; an existing table is resumed",
+    )
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local Dask worker processes (1); 0: in this process, without Dask",
+    )
+    engine.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="an existing Dask scheduler (tcp://host:8786) instead of a local cluster",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=4, metavar="B", help="spectra per Dask task (4)"
+    )
+    _fit_options(p)
+    p.set_defaults(func=_cmd_fit_many)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded demo grid")
     p.add_argument("--out", type=Path, default=Path("jblase-demo"))
@@ -730,37 +904,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compile_cache_dir() -> Path | None:
-    """Where the command keeps compiled programs, or None when the cache is off or user-set."""
-    if os.environ.get("JBLASE_NO_COMPILE_CACHE") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return None
-    if os.environ.get("JBLASE_CACHE_DIR"):
-        return Path(os.environ["JBLASE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jblase" / "jax"
-
-
-def enable_compile_cache(min_compile_seconds: float = 0.5) -> Path | None:
-    """Turn on JAX's persistent compilation cache for this process (see the module docstring).
-
-    Programs that took at least ``min_compile_seconds`` to compile are stored. Returns the
-    directory, or None when the cache is off or its directory cannot be created (the command
-    then just compiles).
-    """
-    path = compile_cache_dir()
-    if path is None:
-        return None
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -770,7 +913,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         return 130
-    except (ValueError, OSError, pickle.UnpicklingError) as err:  # the last: an unsafe .pt
+    # UnpicklingError: an unsafe .pt; ImportError: an optional extra that is not installed.
+    except (ValueError, OSError, pickle.UnpicklingError, ImportError) as err:
         print(f"jblase {args.command}: error: {err}", file=sys.stderr)
         return 2
 

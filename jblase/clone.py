@@ -30,12 +30,8 @@ from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
     DEFAULT_WING_CUT,
     LINE_FORMS,
-    _nearest_pixel,
-    default_max_tiles,
-    ln_flux,
+    ForwardPlan,
     synthesize_lines,
-    tile_bound,
-    window_px,
 )
 from jblase.identity import IDENTITY_KEYS_PER_AA, identity_keys
 from jblase.linelist import LineList, stack_line_lists
@@ -204,24 +200,11 @@ def _segment_length(epochs: int, longest: int = 25) -> int:
     return max(d for d in range(1, min(epochs, longest) + 1) if epochs % d == 0)
 
 
-def _mse(params, fixed, wavelength, flux, weight, mask, settings: CloneSettings, max_tiles):
+def _mse(params, fixed, plan: ForwardPlan, flux, weight, mask, settings: CloneSettings):
     """Mean squared error of each spectrum of the batch, shape (n_batch,)."""
     center = _center(params, fixed, settings)
-    ln_model = ln_flux(
-        wavelength,
-        center,
-        params["ln_amplitude"],
-        params["ln_sigma"],
-        params["ln_gamma"],
-        mask,
-        fixed["window_cap"],
-        fixed["pixel_hint"],
-        wing_cut=settings.wing_cut,
-        profile=settings.profile,
-        line_form=settings.line_form,
-        compute_dtype=jnp.dtype(settings.compute_dtype),
-        flux_tolerance=settings.flux_tolerance,
-        max_tiles=max_tiles,
+    ln_model = plan.ln_flux(
+        center, params["ln_amplitude"], params["ln_sigma"], params["ln_gamma"], mask
     )
     resid = jnp.exp(ln_model.astype(jnp.float64)) - flux
     return jnp.sum(weight * resid * resid, axis=-1) / jnp.sum(weight)
@@ -245,15 +228,13 @@ def _split(lines: LineList, tune_centers: bool):
     return params, fixed
 
 
-@partial(jax.jit, static_argnames=("settings", "n_steps", "max_tiles"))
-def _run_segment(
-    params, opt_state, fixed, wavelength, flux, weight, mask, *, settings, n_steps, max_tiles
-):
+@partial(jax.jit, static_argnames=("settings", "n_steps"))
+def _run_segment(params, opt_state, fixed, plan, flux, weight, mask, *, settings, n_steps):
     """``n_steps`` Adam epochs for a batch; returns (params, opt_state, losses (n_batch, n))."""
     optimizer = _make_optimizer(settings)
 
     def total_loss(p):
-        mse = _mse(p, fixed, wavelength, flux, weight, mask, settings, max_tiles)
+        mse = _mse(p, fixed, plan, flux, weight, mask, settings)
         return jnp.sum(mse), mse
 
     def epoch(carry, _):
@@ -266,7 +247,7 @@ def _run_segment(
     return params, opt_state, losses.T
 
 
-_batched_mse = jax.jit(_mse, static_argnames=("settings", "max_tiles"))
+_batched_mse = jax.jit(_mse, static_argnames=("settings",))
 
 
 _init_optimizer = jax.jit(
@@ -298,42 +279,31 @@ def _train(
 ):
     """Train a batch (axis 0) of padded line lists; return (lines, history, mse0, mse)."""
     weight = jnp.asarray(loss_weight(wavelength), jnp.float64)
-    wl = jnp.asarray(wavelength)
     fl = jnp.asarray(flux)
     params, fixed = _split(lines, settings.tune_centers)
-    fixed["pixel_hint"] = _nearest_pixel(wl, jnp.asarray(lines.center, jnp.float64))[0]
-    caps = _WindowCaps(wavelength, lines.mask, settings)
-
-    def with_caps(params):
-        cap, max_tiles = caps.update(params, fixed)
-        return {**fixed, "window_cap": cap}, max_tiles
-
-    fixed_w, max_tiles = with_caps(params)
+    plans = _TrainingPlans(wavelength, lines, settings)
     kw = dict(settings=settings)
-    mse0 = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, max_tiles=max_tiles, **kw)
+    mse0 = _batched_mse(params, fixed, plans.update(params, fixed), fl, weight, lines.mask, **kw)
     history = []
     if settings.epochs:
         opt_state = _init_optimizer(params, settings)
         n_steps = _segment_length(settings.epochs)
         for _ in range(settings.epochs // n_steps):
-            fixed_w, max_tiles = with_caps(params)
             params, opt_state, losses = _run_segment(
                 params,
                 opt_state,
-                fixed_w,
-                wl,
+                fixed,
+                plans.update(params, fixed),
                 fl,
                 weight,
                 lines.mask,
                 n_steps=n_steps,
-                max_tiles=max_tiles,
                 **kw,
             )
             history.append(np.asarray(losses))
             if progress is not None:
                 progress.update(n_steps)
-    fixed_w, max_tiles = with_caps(params)
-    mse = _batched_mse(params, fixed_w, wl, fl, weight, lines.mask, max_tiles=max_tiles, **kw)
+    mse = _batched_mse(params, fixed, plans.update(params, fixed), fl, weight, lines.mask, **kw)
     center = _center(params, fixed, settings)
     tuned = LineList(
         center=center,
@@ -347,48 +317,51 @@ def _train(
     return tuned, losses, np.asarray(mse0), np.asarray(mse)
 
 
-class _WindowCaps:
-    """Per-line window caps of a training batch and the static tile bound they imply.
+class _TrainingPlans:
+    """The forward plans of a training batch's segments (:class:`jblase.forward.ForwardPlan`).
 
     Adaptive windows follow the parameters at every epoch (inside the compiled loop), but the
-    number of scan steps must be static: so each training segment caps every line's window at
-    its need for the current parameters with a margin (2 on the half-width at the start, 1.25
-    later), caps only grow, and the bound (the largest sum of tiles over the batch) is rounded
-    up to a few sizes, so the compiled step is reused across segments. Without a tolerance
-    every line has ``wing_cut`` pixels and there are no caps.
+    number of scan steps must be static: so each training segment's plan caps every line's
+    window at its need for the current parameters with a margin (2 on the half-width at the
+    start, 1.25 later), caps only grow (each plan starts from the last one's), and the tile
+    bound (the largest sum of tiles over the batch) is rounded up to a few sizes, so the
+    compiled step is reused across segments. Without a tolerance every line has ``wing_cut``
+    pixels. The pixel hints are those of the initial centres.
     """
 
-    def __init__(self, wavelength, mask, settings: CloneSettings):
+    def __init__(self, wavelength, lines: LineList, settings: CloneSettings):
         self.wavelength = np.asarray(wavelength)
-        self.mask = np.asarray(mask)
+        self.mask = np.asarray(lines.mask)
+        self.hint_center = lines.center
         self.settings = settings
-        self.cap: np.ndarray | None = None
-        self.bound = 0
+        self.plan: ForwardPlan | None = None
 
-    def update(self, params, fixed) -> tuple[jax.Array | None, int]:
-        """(caps (n_batch, n_lines) or None, tile bound per spectrum) for ``params``."""
-        settings = self.settings
-        n_lines = self.mask.shape[-1]
-        if settings.flux_tolerance is None:
-            return None, default_max_tiles(n_lines, settings.wing_cut)
-        need = window_px(
+    def update(self, params, fixed) -> ForwardPlan:
+        """The plan for ``params`` (arrays (n_batch, n_lines))."""
+        s = self.settings
+        cover = None
+        if s.flux_tolerance is not None:
+            current = (_center(params, fixed, s), *(params[k] for k in _WIDTH_KEYS))
+            cover = tuple(np.asarray(x)[..., None] for x in current)
+        self.plan = ForwardPlan.build(
             self.wavelength,
-            np.asarray(_center(params, fixed, settings)),
-            np.asarray(params["ln_amplitude"]),
-            np.asarray(params["ln_sigma"]),
-            np.asarray(params["ln_gamma"]),
-            wing_cut=settings.wing_cut,
-            profile=settings.profile,
-            flux_tolerance=settings.flux_tolerance,
-            margin=2.0 if self.cap is None else 1.25,
+            cover,
+            mask=self.mask,
+            hint_center=self.hint_center,
+            window_cap=None if self.plan is None else np.asarray(self.plan.window_cap),
+            margin=2.0 if self.plan is None else 1.25,
+            round_tiles=_bucket_length,
+            wing_cut=s.wing_cut,
+            profile=s.profile,
+            line_form=s.line_form,
+            compute_dtype=s.compute_dtype,
+            flux_tolerance=s.flux_tolerance,
         )
-        self.cap = need if self.cap is None else np.maximum(self.cap, need)
-        bound = min(
-            _bucket_length(tile_bound(self.cap, self.mask)),
-            default_max_tiles(n_lines, settings.wing_cut),
-        )
-        self.bound = max(self.bound, bound)
-        return jnp.asarray(self.cap), self.bound
+        return self.plan
+
+
+#: The tuned parameters that set a line's window, besides its centre.
+_WIDTH_KEYS = ("ln_amplitude", "ln_sigma", "ln_gamma")
 
 
 def _unbatch(tuned: LineList, i: int) -> LineList:

@@ -35,6 +35,7 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,12 @@ import numpy as np
 import scipy.optimize
 
 from jblase.generator import Generator, default_batch_size
-from jblase.likelihood import chi_square, profiled_residuals, sigma_clip_weight
+from jblase.likelihood import (
+    chi_square,
+    continuum_logdet,
+    profiled_residuals,
+    sigma_clip_weight,
+)
 from jblase.observe import (
     ObservationModel,
     ObservationParameters,
@@ -73,6 +79,7 @@ __all__ = [
     "model_flux_from_lines",
     "prepare_data",
     "read_mask_file",
+    "with_floor",
 ]
 
 #: Every parameter a fit may report, in this order.
@@ -120,6 +127,16 @@ class FitSettings:
             is synthesised on.
         max_vsini_kms, min_resolving_power, max_velocity_kms: limits of the observation model's
             static kernels and margins (:class:`jblase.observe.ObservationSettings`).
+        systematic_errors: a per-parameter systematic error floor (physical units, e.g.
+            ``{"teff": 60.0, "logg": 0.1, "feh": 0.03}``; names from :data:`PARAMETERS`),
+            added in quadrature to the Laplace error of each fitted parameter it names:
+            reported error = sqrt(stat^2 + floor^2) (:func:`with_floor`). It stands for the
+            model's own error, chiefly the generator's interpolation error between grid
+            points, which the Laplace errors (computed as if the model were exact) leave out
+            and which does not fall with S/N; it is not pixel noise and does not change the
+            fit, only the reported errors. Calibrate it on injections independent of the
+            data it is applied to (:func:`jblase.calibrate.calibrate_floors`,
+            ``benchmarks/injection.py --calibrate``). None (default): Laplace errors only.
     """
 
     continuum_degree: int = 2
@@ -144,8 +161,11 @@ class FitSettings:
     max_vsini_kms: float = 100.0
     min_resolving_power: float = 15_000.0
     max_velocity_kms: float = 400.0
+    # Left out of the hash (a dict is not hashable); equality still compares it.
+    systematic_errors: Mapping[str, float] | None = field(default=None, hash=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "systematic_errors", _check_floors(self.systematic_errors))
         if self.continuum_degree < 0:
             raise ValueError(f"continuum_degree must be >= 0, got {self.continuum_degree}")
         if self.resolving_power is not None and not self.resolving_power > 0:
@@ -166,6 +186,10 @@ class FitSettings:
         if not self.clip_sigma > 0:
             raise ValueError(f"clip_sigma must be > 0, got {self.clip_sigma}")
 
+    def systematic_error(self, name: str) -> float:
+        """The systematic floor of parameter ``name`` (0 where none is set)."""
+        return float((self.systematic_errors or {}).get(name, 0.0))
+
     @property
     def fits_resolution(self) -> bool:
         return self.fit_resolution or self.resolving_power is None
@@ -182,15 +206,64 @@ class FitSettings:
         )
 
 
+def _check_floors(floors) -> dict[str, float] | None:
+    """``systematic_errors`` as a plain dict in :data:`PARAMETERS` order, or a clear error."""
+    if floors is None:
+        return None
+    if not isinstance(floors, Mapping):
+        raise TypeError(
+            f"systematic_errors must be a mapping of parameter name -> error, got "
+            f"{type(floors).__name__}"
+        )
+    unknown = [k for k in floors if k not in PARAMETERS]
+    if unknown:
+        raise ValueError(
+            f"systematic_errors: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+            f"expected names among {', '.join(PARAMETERS)}"
+        )
+    out = {}
+    for name in PARAMETERS:
+        if name not in floors:
+            continue
+        try:
+            value = float(floors[name])
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"systematic_errors[{name!r}] must be a number, got {floors[name]!r}"
+            ) from None
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"systematic_errors[{name!r}] must be finite and >= 0, got {floors[name]!r}"
+            )
+        out[name] = value
+    return out
+
+
+def with_floor(stat, floor):
+    """The reported error of a parameter: its statistical (Laplace) error ``stat`` and its
+    systematic floor ``floor`` added in quadrature, ``sqrt(stat^2 + floor^2)``.
+
+    A NaN ``stat`` (no uncertainty computed) stays NaN: a floor alone is not an uncertainty.
+    Works on floats and on NumPy arrays (broadcast).
+    """
+    stat = np.asarray(stat, dtype=float)
+    out = np.hypot(stat, np.asarray(floor, dtype=float))
+    out = np.where(np.isnan(stat), np.nan, out)
+    return float(out) if out.ndim == 0 else out
+
+
 @dataclass
 class FitResult:
     """A fit's answer.
 
     Attributes:
         values: every parameter in :data:`PARAMETERS` (fixed ones at their fixed value).
-        errors: 1-sigma Laplace errors of the fitted parameters (NaN where not computed).
+        errors: the reported 1-sigma errors of the fitted parameters (NaN where not
+            computed): the Laplace errors, with the settings' systematic floor added in
+            quadrature where one is set (:attr:`FitSettings.systematic_errors`).
         fitted: the names of the fitted parameters, in the covariance's order.
-        covariance, correlation: (n_fitted, n_fitted) in physical units.
+        covariance, correlation: (n_fitted, n_fitted) in physical units: the Laplace
+            (statistical) ones; the systematic floor is not in them.
         chi2, chi2_reduced, n_pixels: chi-square at the optimum, per degree of freedom, and
             the pixels in it.
         berv_kms, berv_source: the barycentric correction used and where it came from.
@@ -202,6 +275,13 @@ class FitResult:
         uncertainty_estimated: the data had no uncertainties: they were set to the residual
             scatter (chi2_reduced is then 1 by construction).
         seconds: wall time per stage.
+        errors_stat: the Laplace (statistical) errors alone (None: the same as ``errors``).
+        systematic_errors: the floor used (:attr:`FitSettings.systematic_errors`), or None.
+        posterior: with ``fit(..., posterior=PosteriorSettings())``: per fitted parameter its
+            posterior ``median``, ``p16`` and ``p84``, and the sampler's ``rhat``, ``ess``
+            (per parameter), ``divergences``, ``acceptance``, ``chains`` and ``draws``; or None.
+        posterior_draws: (chains, draws, n_fitted) the NUTS draws in physical units, in
+            :attr:`fitted` order; or None.
     """
 
     values: dict
@@ -222,15 +302,28 @@ class FitResult:
     n_clipped: int = 0
     uncertainty_estimated: bool = False
     seconds: dict = field(default_factory=dict)
+    errors_stat: dict | None = None
+    systematic_errors: dict | None = None
+    posterior: dict | None = None
+    posterior_draws: np.ndarray | None = None
 
     def to_json(self) -> dict:
-        """The object ``jblase fit --json`` prints: each parameter with an ``_err`` twin."""
+        """The object ``jblase fit --json`` prints: each parameter with an ``_err`` twin.
+
+        With a systematic floor, ``_err`` is the reported (floored) error and each parameter
+        also has an ``_err_stat`` twin (the Laplace error alone), and ``systematic_errors``
+        holds the floor used.
+        """
         out: dict = {}
+        floored = self.systematic_errors is not None
+        stat = self.errors if self.errors_stat is None else self.errors_stat
         for name in PARAMETERS:
             if name in _STELLAR and name not in self.fitted:
                 continue
             out[name] = float(self.values[name])
             out[f"{name}_err"] = float(self.errors.get(name, float("nan")))
+            if floored:
+                out[f"{name}_err_stat"] = float(stat.get(name, float("nan")))
         out.update(
             chi2_reduced=float(self.chi2_reduced),
             n_pixels=int(self.n_pixels),
@@ -243,6 +336,16 @@ class FitResult:
             n_clipped=int(self.n_clipped),
             uncertainty_estimated=bool(self.uncertainty_estimated),
         )
+        if floored:
+            out["systematic_errors"] = dict(self.systematic_errors)
+        if self.posterior is not None:
+            for name in self.fitted:
+                for q in ("median", "p16", "p84"):
+                    out[f"{name}_{q}"] = float(self.posterior[q][name])
+            out["posterior"] = {
+                k: self.posterior[k]
+                for k in ("rhat", "ess", "divergences", "acceptance", "chains", "draws")
+            }
         if self.gp is not None:
             out["gp"] = self.gp
         return out
@@ -762,6 +865,7 @@ def fit(
     search: SearchSettings | None = None,
     refine: RefineSettings | bool | None = None,
     mask_intervals: np.ndarray | None = None,
+    posterior=None,
     **options,
 ) -> FitResult:
     """Fit an observed spectrum.
@@ -775,6 +879,8 @@ def fit(
         search, refine: the stellar search and the refinements
             (:class:`jblase.search.SearchSettings`, :class:`jblase.search.RefineSettings`).
         mask_intervals: (n, 2) wavelength intervals (A, observed frame) to leave out.
+        posterior: a :class:`jblase.posterior.PosteriorSettings` to sample the posterior of
+            the fitted parameters by NUTS after the fit (stage 7; needs blackjax), or None.
         **options: fields of :class:`FitSettings` or of the search settings, by name.
     """
     t0 = time.perf_counter()
@@ -828,6 +934,11 @@ def fit(
     result.uncertainty_estimated = estimated
     result.n_clipped = n_clipped
     seconds["uncertainties"] = time.perf_counter() - t
+
+    if posterior is not None:
+        t = time.perf_counter()
+        _sample_posterior(problem, values, weight, settings, posterior, result)
+        seconds["posterior"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     result.seconds = seconds
     return result
@@ -1035,9 +1146,14 @@ def _assemble(problem, values, weight, settings, berv, rv_scan, gp) -> FitResult
         stats = {"covariance": nan, "correlation": nan, "errors": dict.fromkeys(names, np.nan)}
     _warn_at_edges(problem, values)
     model = np.where(np.asarray(problem.observation.mask), np.asarray(model), np.nan)
+    stat = {k: float(stats["errors"].get(k, np.nan)) for k in PARAMETERS}
+    floors = settings.systematic_errors
+    errors = stat if floors is None else _floored(stat, floors)
     return FitResult(
         values={k: float(values[k]) for k in PARAMETERS},
-        errors={k: float(stats["errors"].get(k, np.nan)) for k in PARAMETERS},
+        errors=errors,
+        errors_stat=dict(stat),
+        systematic_errors=None if floors is None else dict(floors),
         fitted=tuple(names),
         covariance=stats["covariance"],
         correlation=stats["correlation"],
@@ -1052,6 +1168,78 @@ def _assemble(problem, values, weight, settings, berv, rv_scan, gp) -> FitResult
         model=model,
         weight=np.asarray(weight),
     )
+
+
+# --------------------------------------------------------------------------- stage 7
+
+
+@eqx.filter_jit
+def _log_posterior(problem: _Problem, u, weight):
+    """ln p(u | data) up to a constant, on the fit's unconstrained coordinates: Gaussian
+    noise with each order's continuum marginalised under a flat prior on its coefficients
+    (``-chi2 / 2 - ln det N / 2``, :mod:`jblase.likelihood`), flat priors on the physical
+    parameters (the stellar ones inside the search box, v sin i >= 0, R > 0) and the Jacobian
+    of the map to them."""
+    layout = problem.layout
+    p = layout.to_physical(u)
+    stellar = jnp.stack([p[k] for k in _STELLAR])
+    observed = problem.observed(problem.model_flux(stellar), p)
+    chi2, _ = jax.vmap(chi_square)(observed, problem.flux, problem.inv_sigma, weight, problem.basis)
+    logdet = jax.vmap(continuum_logdet)(observed, problem.inv_sigma, weight, problem.basis)
+    ln_jacobian = sum(
+        jnp.log(jnp.abs(jax.grad(lambda v, n=name: _forward(n, v, layout.box))(u[i])))
+        for i, name in enumerate(layout.free)
+    )
+    return -0.5 * jnp.sum(chi2) - 0.5 * jnp.sum(logdet) + ln_jacobian
+
+
+def _sample_posterior(problem, values, weight, settings, posterior, result: FitResult) -> None:
+    """Stage 7: NUTS from the optimum (:func:`jblase.posterior.nuts`), the Laplace covariance
+    in unconstrained coordinates as its initial mass matrix; fills ``result.posterior``."""
+    from jblase.posterior import nuts
+
+    u = _u(problem, values)
+    try:
+        cov_u = np.linalg.inv(_hessian(problem, u, weight, settings.hessian))
+    except np.linalg.LinAlgError:
+        cov_u = None
+    out = nuts(lambda v: _log_posterior(problem, v, weight), u, cov_u, posterior)
+    samples = jnp.asarray(out["samples"])  # (chains, draws, n_free)
+    layout = problem.layout
+    physical = jax.vmap(
+        jax.vmap(lambda v: jnp.stack([layout.to_physical(v)[n] for n in layout.free]))
+    )(samples)
+    draws = np.asarray(physical)
+    flat = draws.reshape(-1, draws.shape[-1])
+    names = layout.free
+    q16, q50, q84 = np.percentile(flat, [15.865, 50.0, 84.135], axis=0)
+    rhat = dict(zip(names, map(float, out["rhat"]), strict=True))
+    result.posterior = {
+        "median": dict(zip(names, map(float, q50), strict=True)),
+        "p16": dict(zip(names, map(float, q16), strict=True)),
+        "p84": dict(zip(names, map(float, q84), strict=True)),
+        "rhat": rhat,
+        "ess": dict(zip(names, map(float, out["ess"]), strict=True)),
+        "divergences": out["divergences"],
+        "acceptance": out["acceptance"],
+        "chains": posterior.chains,
+        "draws": posterior.draws,
+    }
+    result.posterior_draws = draws
+    worst = max(rhat.values()) if rhat else 1.0
+    if not worst < 1.01 or out["divergences"]:
+        warnings.warn(
+            f"NUTS: largest R-hat {worst:.3f} (want < 1.01), {out['divergences']} divergent "
+            "transitions: the chains may not have converged; try more --draws or warm-up",
+            FitWarning,
+            3,
+        )
+
+
+def _floored(stat: dict, floors: Mapping[str, float]) -> dict:
+    """Each error in ``stat`` with its floor (if any) added in quadrature (:func:`with_floor`);
+    a parameter that was not fitted keeps its NaN."""
+    return {k: with_floor(v, floors[k]) if k in floors else v for k, v in stat.items()}
 
 
 def _warn_at_edges(problem: _Problem, values: dict) -> None:

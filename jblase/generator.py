@@ -13,6 +13,7 @@ manifold values may be float32; the profile arithmetic runs in ``compute_dtype``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,16 +27,11 @@ from jblase._checks import check_wavelength
 from jblase.detect import LOSS_BUFFER_AA
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
-    DEFAULT_TILE,
     DEFAULT_WING_CUT,
     LINE_FORMS,
-    _nearest_pixel,
+    ForwardPlan,
     default_chunk_elements,
-    ln_flux,
     max_batch_spectra,
-    pad_wavelength,
-    tile_bound,
-    window_px,
 )
 from jblase.interp import interpolate_batch
 from jblase.profiles import get_profile
@@ -164,14 +160,17 @@ class Generator(eqx.Module):
             ``wing_cut`` windows (normalised flux; see :func:`jblase.forward.ln_flux`). The
             flux then steps by far less than this where a window gains or loses a tile of
             pixels. ``None``: every line gets ``wing_cut`` pixels, exactly as the paper.
-        window_cap: int32 (n_lines,): each line's largest window (pixels), its widest need at
-            any grid node with a 20% margin on the half-width (``wing_cut`` without
-            ``flux_tolerance``).
-        max_tiles: static bound on the tiles one spectrum evaluates (the caps' sum).
-        pixel_hint: int32 (n_lines,): the pixel of ``wavelength_padded`` nearest each line's
-            identity, where the search for its centre's pixel starts.
-        window_wavelength: ``wavelength_padded`` as the forward model reads windows from it
-            (:func:`jblase.forward.pad_wavelength`), computed once.
+        plan: the forward model's plan on ``wavelength_padded``
+            (:class:`jblase.forward.ForwardPlan`, built by :meth:`ForwardPlan.build
+            <jblase.forward.ForwardPlan.build>`): each line's window cap (its widest need at
+            any grid node with a 20% margin on the half-width; ``wing_cut`` without
+            ``flux_tolerance``), the static tile bound (the caps' sum), each line's pixel hint
+            (the pixel nearest its identity) and the padded wavelengths. Its ``line_form`` and
+            ``compute_dtype`` follow the generator's (``dataclasses.replace(gen,
+            compute_dtype=...)`` evaluates the same plan in another dtype); ``wing_cut``,
+            ``profile`` and ``flux_tolerance`` must match it. Read through
+            :attr:`window_cap`, :attr:`max_tiles`, :attr:`pixel_hint` and
+            :attr:`window_wavelength`.
     """
 
     identity_center: jax.Array
@@ -186,10 +185,7 @@ class Generator(eqx.Module):
     compute_dtype: str = eqx.field(static=True, default="float64")
     amplitude_interpolation: str = eqx.field(static=True, default=DEFAULT_AMPLITUDE_INTERPOLATION)
     cubic_axes: tuple[int, ...] = eqx.field(static=True, default=())
-    window_cap: jax.Array | None = None
-    pixel_hint: jax.Array | None = None
-    window_wavelength: jax.Array | None = None
-    max_tiles: int = eqx.field(static=True, default=1)
+    plan: ForwardPlan | None = None
     flux_tolerance: float | None = eqx.field(static=True, default=DEFAULT_FLUX_TOLERANCE)
     #: (lo, hi) A: the wavelengths the clones were fitted on (the manifold's range less the
     #: cloning loss's 60 A at each end; set by :meth:`from_manifold`); outside it the
@@ -219,6 +215,16 @@ class Generator(eqx.Module):
             raise ValueError(f"values has shape {self.values.shape}, expected {expected}")
         if self.wavelength_padded.shape[0] <= self.pad_lo + self.pad_hi:
             raise ValueError("generator has no output pixels")
+        if self.plan is None:
+            raise ValueError("a Generator needs its forward plan (build it with from_arrays)")
+        windows = (self.plan.wing_cut, self.plan.profile, self.plan.flux_tolerance)
+        if windows != (self.wing_cut, self.profile, self.flux_tolerance):
+            raise ValueError(
+                f"the plan's (wing_cut, profile, flux_tolerance) {windows} differ from the "
+                f"generator's {(self.wing_cut, self.profile, self.flux_tolerance)}"
+            )
+        if self.plan.wavelength_aa.shape != self.wavelength_padded.shape:
+            raise ValueError("the plan's pixels are not wavelength_padded")
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -254,7 +260,16 @@ class Generator(eqx.Module):
         order = np.argsort(identity, kind="stable")
         identity = identity[order]
         values = np.array(values)[order]
-        cap = _grid_window_cap(wl, identity, values, int(wing_cut), profile, flux_tolerance)
+        plan = _node_plan(
+            wl,
+            identity,
+            values,
+            wing_cut=int(wing_cut),
+            profile=profile,
+            line_form=line_form,
+            compute_dtype=compute_dtype,
+            flux_tolerance=flux_tolerance,
+        )
         if amplitude_interpolation == "hybrid":
             present = values[..., 1:2] >= LN_AMPLITUDE_CUTOFF
             # The ln a branch's presence may be stricter; the a channel keeps every line.
@@ -276,7 +291,7 @@ class Generator(eqx.Module):
             # each parameter of every line a contiguous part of it.
             values=jnp.asarray(np.moveaxis(values, 0, -1)),
             axes=tuple(jnp.asarray(np.asarray(a, np.float64)) for a in axes),
-            wavelength_padded=jnp.asarray(wl),
+            wavelength_padded=plan.wavelength_aa,
             pad_lo=0,
             pad_hi=0,
             wing_cut=int(wing_cut),
@@ -285,10 +300,7 @@ class Generator(eqx.Module):
             compute_dtype=compute_dtype,
             amplitude_interpolation=amplitude_interpolation,
             cubic_axes=axis_indices(cubic_axes),
-            window_cap=jnp.asarray(cap),
-            pixel_hint=jnp.asarray(_pixel_hint(wl, identity)),
-            window_wavelength=pad_wavelength(wl, int(wing_cut)),
-            max_tiles=tile_bound(cap),
+            plan=plan,
             flux_tolerance=flux_tolerance,
             fitted_range=fitted_range,
         )
@@ -354,13 +366,23 @@ class Generator(eqx.Module):
         keep = (identity >= full[lo] - 5.0) & (identity <= full[hi] + 5.0)
         start = int(np.searchsorted(full, full[lo] - 5.0))
         stop = int(np.searchsorted(full, full[hi] + 5.0, side="right")) - 1
-        cap = np.asarray(self.window_cap)[keep]
-        wavelength_padded = full[start : stop + 1]
+        # The caps were drawn on the full pixels: kept as they are (a line near the new edges
+        # would otherwise see another pixel step there).
+        plan = ForwardPlan.build(
+            full[start : stop + 1],
+            hint_center=identity[keep],
+            window_cap=np.asarray(self.window_cap)[keep],
+            wing_cut=self.wing_cut,
+            profile=self.profile,
+            line_form=self.line_form,
+            compute_dtype=self.compute_dtype,
+            flux_tolerance=self.flux_tolerance,
+        )
         return Generator(
             identity_center=self.identity_center[keep],
             values=self.values[..., keep],
             axes=self.axes,
-            wavelength_padded=jnp.asarray(wavelength_padded),
+            wavelength_padded=plan.wavelength_aa,
             pad_lo=int(first - start),
             pad_hi=int(stop - last),
             wing_cut=self.wing_cut,
@@ -369,10 +391,7 @@ class Generator(eqx.Module):
             compute_dtype=self.compute_dtype,
             amplitude_interpolation=self.amplitude_interpolation,
             cubic_axes=self.cubic_axes,
-            window_cap=jnp.asarray(cap),
-            pixel_hint=jnp.asarray(_pixel_hint(wavelength_padded, identity[keep])),
-            window_wavelength=pad_wavelength(wavelength_padded, self.wing_cut),
-            max_tiles=tile_bound(cap),
+            plan=plan,
             flux_tolerance=self.flux_tolerance,
             fitted_range=self.fitted_range,
         )
@@ -383,6 +402,28 @@ class Generator(eqx.Module):
         """Output wavelengths in A, float64 (n_pix,)."""
         n = self.wavelength_padded.shape[0]
         return self.wavelength_padded[self.pad_lo : n - self.pad_hi]
+
+    @property
+    def window_cap(self) -> jax.Array:
+        """int32 (n_lines,): each line's largest window in pixels (the plan's)."""
+        return self.plan.window_cap
+
+    @property
+    def max_tiles(self) -> int:
+        """Static bound on the tiles one spectrum evaluates (the plan's)."""
+        return self.plan.max_tiles
+
+    @property
+    def pixel_hint(self) -> jax.Array:
+        """int32 (n_lines,): the pixel of ``wavelength_padded`` nearest each line's identity,
+        where the search for its centre's pixel starts (the plan's)."""
+        return self.plan.pixel_hint
+
+    @property
+    def window_wavelength(self) -> jax.Array:
+        """``wavelength_padded`` as the forward model reads windows from it
+        (:func:`jblase.forward.pad_wavelength`), float64; the plan's."""
+        return self.plan.padded_wavelength_aa
 
     @property
     def n_lines(self) -> int:
@@ -494,7 +535,7 @@ class Generator(eqx.Module):
         """The spectra :meth:`batch` evaluates per step when asked for ``batch_size``: fewer
         where the step's tiles would overflow the int32 tile numbering."""
         elements = chunk_elements or generator_chunk_elements(batch_size)
-        return max(1, min(batch_size, max_batch_spectra(self.max_tiles, DEFAULT_TILE, elements)))
+        return max(1, min(batch_size, max_batch_spectra(self.max_tiles, self.plan.tile, elements)))
 
     def _batch_threads(self, groups: np.ndarray, n: int, chunk_elements: int | None) -> jax.Array:
         """Fluxes (n, n_pix) for groups (threads, steps, batch_size, 3), one thread per group
@@ -516,24 +557,18 @@ class Generator(eqx.Module):
 def _flux(gen: Generator, params, chunk_elements: int | None = None):
     """Flux (n_pix,) at params (3,), or (n, n_pix) at params (n, 3) as one batched program."""
     center, ln_a, ln_s, ln_g, mask = gen.line_parameters(params)
-    lnf = ln_flux(
-        gen.wavelength_padded,
+    plan = gen.plan
+    if (plan.line_form, plan.compute_dtype) != (gen.line_form, jnp.dtype(gen.compute_dtype)):
+        # A generator replaced in another dtype (the float32 search) or line form: the same
+        # windows, evaluated its way.
+        plan = dataclasses.replace(plan, line_form=gen.line_form, compute_dtype=gen.compute_dtype)
+    lnf = plan.ln_flux(
         center,
         ln_a,
         ln_s,
         ln_g,
         mask,
-        gen.window_cap,
-        gen.pixel_hint,
-        wing_cut=gen.wing_cut,
-        profile=gen.profile,
-        line_form=gen.line_form,
-        compute_dtype=jnp.dtype(gen.compute_dtype),
-        flux_tolerance=gen.flux_tolerance,
-        max_tiles=gen.max_tiles,
-        padded_wavelength_aa=gen.window_wavelength,
-        chunk_elements=chunk_elements
-        or generator_chunk_elements(center.shape[0] if center.ndim == 2 else 1),
+        chunk_elements or generator_chunk_elements(center.shape[0] if center.ndim == 2 else 1),
     )
     n = lnf.shape[-1]
     # exp in the profile's dtype (float32 is several times faster on CPU); flux is float64.
@@ -575,34 +610,28 @@ def _fitted_range(wavelength) -> tuple[float, float]:
     return float(wl[0] + LOSS_BUFFER_AA), float(wl[-1] - LOSS_BUFFER_AA)
 
 
-def _grid_window_cap(wavelength, identity, values, wing_cut, profile, flux_tolerance):
-    """Each line's largest window (pixels): its widest need at any grid node.
+def _node_plan(wavelength, identity, values, **settings) -> ForwardPlan:
+    """The forward plan of a manifold on ``wavelength``: each line's window covers its needs
+    at every grid node where it is present.
 
     ``values[..., 1]`` holds ln a here. Between nodes, a and the widths interpolate between
     node values, so the largest need over the nodes (with a 20% margin on the half-width)
-    covers the grid. Without a tolerance every line gets ``wing_cut``.
+    covers the grid. Without a tolerance every line gets ``wing_cut``. ``settings``: the
+    generator's forward-model settings (:meth:`jblase.forward.ForwardPlan.build`).
     """
+    if settings["flux_tolerance"] is None:  # no cover needed: every window is wing_cut
+        return ForwardPlan.build(wavelength, hint_center=identity, **settings)
     n_lines = identity.shape[0]
-    if flux_tolerance is None:
-        return np.full(n_lines, wing_cut, np.int32)
     flat = values.reshape(n_lines, -1, 4).astype(np.float64)
-    present = flat[..., 1] >= LN_AMPLITUDE_CUTOFF
-    cap = np.full(n_lines, DEFAULT_TILE, np.int32)
-    for start in range(0, n_lines, 4096):
-        sl = slice(start, start + 4096)
-        windows = window_px(
-            wavelength,
-            identity[sl, None] + flat[sl, :, 0],
-            np.where(present[sl], flat[sl, :, 1], -30.0),
-            flat[sl, :, 2],
-            flat[sl, :, 3],
-            wing_cut=wing_cut,
-            profile=profile,
-            flux_tolerance=flux_tolerance,
-            margin=1.2,
-        )
-        cap[sl] = np.maximum(cap[sl], np.where(present[sl], windows, 0).max(axis=1))
-    return cap
+    cover = (identity[:, None] + flat[..., 0], flat[..., 1], flat[..., 2], flat[..., 3])
+    return ForwardPlan.build(
+        wavelength,
+        cover,
+        flat[..., 1] >= LN_AMPLITUDE_CUTOFF,
+        hint_center=identity,
+        margin=1.2,
+        **settings,
+    )
 
 
 def _central_depth(values: np.ndarray, profile: str) -> np.ndarray:
@@ -616,8 +645,3 @@ def _central_depth(values: np.ndarray, profile: str) -> np.ndarray:
         a = np.where(v[..., 1] >= LN_AMPLITUDE_CUTOFF, np.exp(np.maximum(v[..., 1], -700)), 0.0)
         out[start : start + 4096] = a * peak
     return out
-
-
-def _pixel_hint(wavelength, identity) -> jax.Array:
-    """Pixel of ``wavelength`` nearest each identity: where the searches for centres start."""
-    return _nearest_pixel(jnp.asarray(wavelength), jnp.asarray(identity, jnp.float64))[0]

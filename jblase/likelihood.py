@@ -7,9 +7,11 @@ smooth continuum ``c(x) = sum_k c_k B_k(x)`` (a Chebyshev basis ``B``; :mod:`jbl
 
 The continuum is linear in its coefficients, so for any ``m`` the best coefficients solve a
 small weighted least-squares problem in closed form (:func:`profile_continuum`): the chi-square
-is *profiled* over the continuum. For Gaussian noise and a flat prior this profile equals the
-continuum-marginalised likelihood up to a constant, so Laplace uncertainties of the other
-parameters taken from it already include the continuum's freedom.
+is *profiled* over the continuum. For Gaussian noise and a flat prior on the coefficients, the
+continuum-marginalised likelihood is this profile times ``det(N)^(-1/2)`` of each order's
+normal matrix ``N`` (:func:`continuum_logdet`), which depends on the model only weakly; so
+Laplace uncertainties of the other parameters taken from the profile already include the
+continuum's freedom, and the NUTS posterior (:mod:`jblase.posterior`) adds the log-det term.
 
 Precision: float64 throughout (the chi-square sums thousands of squared residuals).
 """
@@ -18,11 +20,32 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["chi_square", "profile_continuum", "profiled_residuals", "sigma_clip_weight"]
+__all__ = [
+    "chi_square",
+    "continuum_logdet",
+    "profile_continuum",
+    "profiled_residuals",
+    "sigma_clip_weight",
+]
 
 #: Ridge on the normal equations, relative to their diagonal: keeps the solve finite when an
 #: order's valid pixels leave a basis function unconstrained.
 CONTINUUM_RIDGE = 1e-12
+
+
+def _normal(model, w, basis):
+    """The continuum's normal matrix (with the ridge) and design matrix of one order."""
+    design = basis * model[:, None]
+    normal = design.T @ (design * w[:, None])
+    return normal + CONTINUUM_RIDGE * jnp.diag(jnp.diag(normal) + 1.0), design
+
+
+def continuum_logdet(model, inv_sigma, weight, basis):
+    """ln det of the continuum's normal matrix of one order (arguments as
+    :func:`profile_continuum`): marginalising the continuum coefficients under a flat prior
+    multiplies the likelihood by ``det^(-1/2)``. Differentiable."""
+    normal, _ = _normal(model, weight * inv_sigma**2, basis)
+    return jnp.linalg.slogdet(normal)[1]
 
 
 def profile_continuum(model, data, inv_sigma, weight, basis):
@@ -37,9 +60,7 @@ def profile_continuum(model, data, inv_sigma, weight, basis):
         ``(coefficients (n_coeff,), continuum (n_pix,))``. Differentiable.
     """
     w = weight * inv_sigma**2
-    design = basis * model[:, None]
-    normal = design.T @ (design * w[:, None])
-    normal = normal + CONTINUUM_RIDGE * jnp.diag(jnp.diag(normal) + 1.0)
+    normal, design = _normal(model, w, basis)
     rhs = design.T @ (w * data)
     coeffs = jnp.linalg.solve(normal, rhs)
     return coeffs, basis @ coeffs

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from jblase.cli import _json_null_nan, _print_fit
+from jblase.cli import _json_null_nan, _print_fit, _systematic_errors_arg
 from jblase.fit import PARAMETERS, FitResult, FitSettings, line_list_model, model_flux_from_lines
 from jblase.io import save_line_list
 from jblase.linelist import LineList
@@ -113,6 +113,49 @@ def test_fit_missing_files(tmp_path):
 def test_fit_bad_berv(tmp_path, berv):
     spectrum = _small_spectrum(tmp_path / "s.npz")
     fit_fails([spectrum, "--lines", BLASE_CLONE, "--berv", berv], "--berv", repr(berv))
+
+
+def test_systematic_errors_option_parses():
+    assert _systematic_errors_arg(None) is None
+    assert _systematic_errors_arg("teff=60,logg=0.1,feh=0.03") == {
+        "teff": 60.0,
+        "logg": 0.1,
+        "feh": 0.03,
+    }
+    assert _systematic_errors_arg(" rv_kms = 0.01 ") == {"rv_kms": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("teff:60", ["NAME=VALUE", "'teff:60'"]),
+        ("teff=60,", ["NAME=VALUE"]),
+        ("teff=", ["NAME=VALUE"]),
+        ("=60", ["NAME=VALUE"]),
+        ("tef=60", ["unknown parameter 'tef'", "teff, logg, feh"]),
+        ("teff=sixty", ["teff='sixty'", ">= 0"]),
+        ("teff=-5", [">= 0"]),
+        ("teff=nan", [">= 0"]),
+        ("teff=60,teff=70", ["given twice"]),
+    ],
+)
+def test_fit_bad_systematic_errors(tmp_path, text, needles):
+    spectrum = _small_spectrum(tmp_path / "s.npz")
+    fit_fails([spectrum, "--lines", BLASE_CLONE, "--systematic-errors", text], *needles)
+
+
+def test_fit_table_shows_the_floor():
+    result = _result()
+    result.errors_stat = dict(result.errors)
+    result.errors = {**result.errors, "rv_kms": float(np.hypot(0.01, 0.02))}
+    result.systematic_errors = {"rv_kms": 0.02}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _print_fit(result)
+    assert "RV      = -9.7000 +/- 0.0224 (Laplace 0.0100 + floor 0.0200) km/s" in out.getvalue()
+    obj = result.to_json()
+    assert obj["rv_kms_err_stat"] == 0.01 and obj["rv_kms_err"] == pytest.approx(0.02236, 1e-3)
+    assert obj["systematic_errors"] == {"rv_kms": 0.02}
 
 
 def test_fit_stellar_options_need_a_manifold(tmp_path):

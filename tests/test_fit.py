@@ -342,6 +342,68 @@ def test_berv_shifts_the_fitted_rv(fixed_model, small_observation):
     assert abs(b.values["rv_kms"] - (a.values["rv_kms"] - 20.0)) < 30 * 20 / c_kms * 100
 
 
+def test_systematic_floor_is_added_in_quadrature(fixed_model, small_observation):
+    """The same fit with a floor: the same values, errors sqrt(stat^2 + floor^2) where a floor
+    is set and the parameter fitted, the Laplace errors kept; a fixed parameter stays NaN."""
+    wl, flux = fixed_model
+    c, f, s = small_observation
+    settings = FitSettings(resolving_power=55_000.0, rv_kms=10.0, **SMALL)
+    floors = {"rv_kms": 0.05, "resolving_power": 1000.0, "teff": 60.0}
+    a = fit((wl, flux), _spectrum(c, f, s), settings)
+    b = fit((wl, flux), _spectrum(c, f, s), settings, systematic_errors=floors)
+    assert b.values == a.values
+    assert b.errors_stat == pytest.approx(a.errors, nan_ok=True)
+    assert b.errors["rv_kms"] == pytest.approx(np.hypot(a.errors["rv_kms"], 0.05), rel=1e-12)
+    assert b.errors["vsini_kms"] == a.errors["vsini_kms"]  # no floor set
+    assert np.isnan(b.errors["resolving_power"]) and np.isnan(b.errors["teff"])  # not fitted
+    assert a.systematic_errors is None and b.systematic_errors == {
+        "teff": 60.0,
+        "rv_kms": 0.05,
+        "resolving_power": 1000.0,
+    }
+    out = b.to_json()
+    assert out["rv_kms_err"] == b.errors["rv_kms"]
+    assert out["rv_kms_err_stat"] == a.errors["rv_kms"]
+    assert out["vsini_kms_err_stat"] == a.errors["vsini_kms"]
+    assert out["systematic_errors"] == b.systematic_errors
+    plain = a.to_json()  # no floor: the JSON as before
+    assert "systematic_errors" not in plain and not any(k.endswith("_stat") for k in plain)
+
+
+def test_with_floor():
+    assert F.with_floor(3.0, 4.0) == 5.0
+    assert F.with_floor(3.0, 0.0) == 3.0
+    assert np.isnan(F.with_floor(np.nan, 4.0))
+    np.testing.assert_allclose(F.with_floor(np.array([0.0, 3.0, np.nan]), 4.0), [4, 5, np.nan])
+
+
+@pytest.mark.parametrize(
+    ("floors", "error", "match"),
+    [
+        ({"tef": 60.0}, ValueError, "unknown parameter.*'tef'.*teff, logg"),
+        ({"teff": -1.0}, ValueError, r"systematic_errors\['teff'\] must be finite and >= 0"),
+        ({"logg": float("nan")}, ValueError, "finite and >= 0"),
+        ({"feh": float("inf")}, ValueError, "finite and >= 0"),
+        ({"feh": "a lot"}, ValueError, "must be a number"),
+        ([("teff", 60.0)], TypeError, "mapping"),
+    ],
+)
+def test_systematic_errors_are_validated(floors, error, match):
+    with pytest.raises(error, match=match):
+        FitSettings(systematic_errors=floors)
+
+
+def test_systematic_errors_setting_is_normalised():
+    s = FitSettings(systematic_errors={"feh": 0.03, "teff": 60})
+    assert s.systematic_errors == {"teff": 60.0, "feh": 0.03}
+    assert list(s.systematic_errors) == ["teff", "feh"]  # PARAMETERS order
+    assert s.systematic_error("teff") == 60.0 and s.systematic_error("logg") == 0.0
+    assert FitSettings().systematic_errors is None
+    hash(s)  # still hashable (frozen settings)
+    assert s == FitSettings(systematic_errors={"teff": 60.0, "feh": 0.03})
+    assert s != FitSettings()
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="continuum_degree"):
         FitSettings(continuum_degree=-1)

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from jblase.forward import (
+    DEFAULT_TILE,
+    ForwardPlan,
     ln_flux,
     pad_wavelength,
     synthesize,
@@ -310,6 +312,37 @@ def test_pixel_hint_changes_nothing():
     for hint in (exact, exact + 3, np.zeros_like(exact), np.full_like(exact, wl.size - 1)):
         lnf = ln_flux(wl, *params, None, None, jnp.asarray(hint), wing_cut=101)
         np.testing.assert_array_equal(np.asarray(lnf), reference)
+
+
+def test_forward_plan_holds_the_window_rule_and_evaluates_as_ln_flux():
+    """A plan built once: each line's cap is its widest window over its samples (absent
+    samples need none; at least one tile), the bound is the caps' tiles, the hints are the
+    nearest pixels; it evaluates exactly as the easy call given the same caps, hints and
+    bound, single and batched; without a tolerance every line gets ``wing_cut``."""
+    wl = 8000.0 + 0.01 * np.arange(3000)
+    rng = np.random.default_rng(8)
+    center, ln_a, ln_s, ln_g = _lines(30, wl[0], wl[-1], seed=8)
+    samples = [np.stack([x, x + rng.normal(0, 0.3, x.shape)], axis=1) for x in (ln_a, ln_s, ln_g)]
+    cover = (np.repeat(center[:, None], 2, axis=1), *samples)
+    present = rng.random((30, 2)) < 0.8
+    settings = dict(wing_cut=1000, flux_tolerance=1e-4)
+    plan = ForwardPlan.build(wl, cover, present, hint_center=center, margin=1.2, **settings)
+    need = window_px(wl, *cover, margin=1.2, **settings)
+    expected_cap = np.maximum(np.where(present, need, 0).max(axis=1), DEFAULT_TILE)
+    np.testing.assert_array_equal(plan.window_cap, expected_cap)
+    assert plan.max_tiles == tile_bound(expected_cap)
+    np.testing.assert_array_equal(plan.pixel_hint, np.argmin(np.abs(wl[:, None] - center), 0))
+    easy = dict(max_tiles=plan.max_tiles, **settings)
+    args = (center, ln_a, ln_s, ln_g)
+    expected = ln_flux(wl, *args, None, plan.window_cap, plan.pixel_hint, **easy)
+    np.testing.assert_array_equal(plan.ln_flux(*args), expected)
+    batch = tuple(np.stack([x, x]) for x in args)
+    np.testing.assert_allclose(
+        plan.ln_flux(*batch), np.stack([expected, expected]), rtol=0, atol=1e-12
+    )
+    fixed = ForwardPlan.build(wl, cover, hint_center=center, wing_cut=1000)
+    np.testing.assert_array_equal(fixed.window_cap, np.full(30, 1000))
+    assert fixed.max_tiles == 30 * -(-1000 // DEFAULT_TILE)
 
 
 def test_window_cap_and_tile_bound():
