@@ -506,9 +506,7 @@ class Generator(eqx.Module):
         ``BATCH_CPU_THREADS``, each with ``BATCH_CPU_MIN_STEPS_PER_THREAD`` steps or more),
         each running one compiled program on its share and copying it into one host array
         that becomes the result without a further copy (peak memory about twice the
-        result's). On 2 cores, batches of 60 spectra of 20,000 lines x 103,067 pixels took
-        2.26 ms per spectrum against 2.45 ms on one thread (medians of three runs of
-        ``benchmarks/reconstruct.py``, which times both in each run).
+        result's). ``benchmarks/reconstruct.py`` times threaded against one thread.
         """
         batch_size = batch_size or default_batch_size()
         try:
