@@ -446,11 +446,11 @@ def run_survey(
 
     bar = tqdm(total=len(todo), desc="fit-many", unit="spectrum", disable=not settings.progress)
     try:
-        if batches and settings.scheduler is None and settings.workers == 0:
+        if settings.scheduler is None and settings.workers == 0:
             for batch in batches:
                 table.append(fit_batch(batch, fitter))
                 bar.update(len(batch))
-        elif batches:
+        elif batches:  # no cluster when every row is already there
             _run_dask(batches, fitter, settings, table, bar)
     finally:
         bar.close()
