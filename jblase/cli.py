@@ -286,6 +286,7 @@ def _cmd_infer(args) -> int:
         n_guided=args.n_guided,
         refine=not args.no_refine,
         seed=args.seed,
+        method=args.search,
     )
     if args.json:
         out = {
@@ -312,7 +313,7 @@ def _cmd_infer(args) -> int:
 
 
 #: fit options that only a stellar (--manifold) fit uses.
-_MANIFOLD_ONLY = ("teff_prior", "teff_window", "n_random", "n_guided", "seed")
+_MANIFOLD_ONLY = ("teff_prior", "teff_window", "n_random", "n_guided", "seed", "search")
 _FIT_ROWS = (  # name, label, unit, format
     ("teff", "Teff", "K", ".1f"),
     ("logg", "log g", "dex", ".3f"),
@@ -412,6 +413,17 @@ def _print_fit(result) -> None:
         print("uncertainties: none in the file; set to the residual scatter (chi2_reduced = 1)")
 
 
+def _search_arg(p, default) -> None:
+    p.add_argument(
+        "--search",
+        choices=("gp", "multistart"),
+        default=default,
+        help="after the random points: 'gp' (the paper's GP-guided calls; the default) or "
+        "'multistart' (gradient fits from the best random points: faster, for surveys; "
+        "benchmarks/search_paths.py compares them)",
+    )
+
+
 def _fit_settings(args):
     """(FitSettings, search options, mask intervals or None) from the fit options."""
     from jblase.fit import FitSettings, read_mask_file
@@ -429,6 +441,7 @@ def _fit_settings(args):
         **({} if args.teff_window is None else {"teff_window": args.teff_window}),
     )
     search = {n: getattr(args, n) for n in ("n_random", "n_guided", "seed")}
+    search["method"] = args.search
     search = {n: v for n, v in search.items() if v is not None}
     mask = None if args.mask_file is None else read_mask_file(args.mask_file)
     return settings, search, mask
@@ -607,6 +620,7 @@ def _fit_options(p) -> None:
         "--n-guided", type=int, default=None, metavar="N", help="GP-guided search points (20)"
     )
     p.add_argument("--seed", type=int, default=None, metavar="S", help="search seed (0)")
+    _search_arg(p, default=None)
     _interpolation_arg(p)
 
 
@@ -796,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-guided", type=int, default=20)
     p.add_argument("--no-refine", action="store_true", help="skip the gradient refinement")
     p.add_argument("--seed", type=int, default=0)
+    _search_arg(p, default="gp")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _interpolation_arg(p)
     p.set_defaults(func=_cmd_infer)

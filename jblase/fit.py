@@ -63,6 +63,7 @@ from jblase.search import (
     RefineSettings,
     SearchSettings,
     guided_phase,
+    multistart_phase,
     random_phase,
     search_bounds,
     split_settings,
@@ -1070,14 +1071,17 @@ def _sub_problem(problem: _Problem, values: dict, names) -> _Problem:
     return problem
 
 
-def _optimise(problem: _Problem, values: dict, names, refine: RefineSettings, weight) -> dict:
-    """Stages 3 and 5: L-BFGS over ``names`` from ``values``; kept only where chi2 improves."""
+def _optimise(
+    problem: _Problem, values: dict, names, refine: RefineSettings, weight, iterations=None
+) -> dict:
+    """Stages 3 and 5: L-BFGS over ``names`` from ``values`` (``iterations``, default twice
+    ``refine.max_iterations``); kept only where chi2 improves."""
     if not names:
         return values
     sub = _sub_problem(problem, values, names)
     u0 = _u(sub, values)
     start = _chi2(sub, u0, weight)
-    u = _minimise(sub, u0, weight, 2 * refine.max_iterations, start)
+    u = _minimise(sub, u0, weight, iterations or 2 * refine.max_iterations, start)
     end = _chi2(sub, u, weight)
     if not (np.isfinite(end) and end <= start):
         return values
@@ -1108,7 +1112,17 @@ def _stellar_search(problem: _Problem, values: dict, search: SearchSettings, wei
         return float(_chi2_at_stellar(fast, jnp.asarray(x, float), nuisance, weight)) / n
 
     x0, y0 = random_phase(batch_loss, box, search)
-    return guided_phase(loss, box, x0, y0, search)
+    if search.method == "gp":
+        return guided_phase(loss, box, x0, y0, search)
+    names = tuple(k for k in _STELLAR if k in problem.layout.free)
+
+    def fit_from(x):  # nuisance fixed, as in the random phase; evaluations not counted
+        start = {**values, **dict(zip(_STELLAR, map(float, x), strict=True))}
+        end = _optimise(fast, start, names, RefineSettings(), weight, search.start_iterations)
+        x_fit = np.array([end[k] for k in _STELLAR])
+        return x_fit, loss(x_fit), 0
+
+    return multistart_phase(fit_from, box, x0, y0, search)
 
 
 def _with_estimated_noise(problem: _Problem, values: dict, weight) -> _Problem:

@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 
+#: The mesh axis :meth:`Generator.batch` shards its steps over when it has several devices.
+BATCH_AXIS = "batch"
+
 #: Threads for :meth:`Generator.batch` on CPU outside ``jit`` (None: every core this process
 #: may use). XLA's CPU runtime runs one such program on about one core.
 BATCH_CPU_THREADS: int | None = None
@@ -487,7 +490,11 @@ class Generator(eqx.Module):
         return _generate(self, jnp.asarray(params, jnp.float64))
 
     def batch(
-        self, params, batch_size: int | None = None, chunk_elements: int | None = None
+        self,
+        params,
+        batch_size: int | None = None,
+        chunk_elements: int | None = None,
+        devices: Sequence[jax.Device] | None = None,
     ) -> jax.Array:
         """Fluxes (n, n_pix) for ``params`` (n, 3), ``batch_size`` spectra per compiled step
         (default :func:`default_batch_size`).
@@ -507,6 +514,15 @@ class Generator(eqx.Module):
         each running one compiled program on its share and copying it into one host array
         that becomes the result without a further copy (peak memory about twice the
         result's). ``benchmarks/reconstruct.py`` times threaded against one thread.
+
+        With several devices (``devices``, default every local device of JAX's default
+        backend: the GPUs of a machine, or CPU devices forced with
+        ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the steps are split among
+        them with a named sharding over the step axis (``jax.shard_map`` over a one-axis
+        ``Mesh`` named ``"batch"``): each device runs the same program on its share, the
+        fluxes equal the single-device ones. The result is sharded over the devices along
+        its first axis when ``n`` fills every step; otherwise XLA gathers the cut result.
+        ``devices=[jax.devices()[0]]`` keeps one device.
         """
         batch_size = batch_size or default_batch_size()
         try:
@@ -519,6 +535,13 @@ class Generator(eqx.Module):
         n = p.shape[0]
         batch_size = self.spectra_per_step(min(batch_size, n), chunk_elements)
         n_steps = -(-n // batch_size)
+        devices = list(jax.local_devices() if devices is None else devices)[:n_steps]
+        if xp is np and len(devices) > 1:
+            per_device = -(-n_steps // len(devices))
+            pad = len(devices) * per_device * batch_size - n
+            p = np.concatenate([p, np.repeat(p[-1:], pad, 0)])
+            steps = p.reshape(len(devices) * per_device, batch_size, 3)
+            return _generate_sharded(self, steps, n, chunk_elements, tuple(devices))
         threads = 1
         if xp is np and jax.default_backend() == "cpu":
             threads = max(1, min(_cpu_threads(), n_steps // BATCH_CPU_MIN_STEPS_PER_THREAD))
@@ -584,6 +607,28 @@ def _generate_steps(gen: Generator, steps, n: int, chunk_elements: int | None = 
     """Fluxes (n, n_pix) for steps (n_steps, batch_size, 3), one step at a time."""
     fluxes = jax.lax.map(lambda q: _flux(gen, q, chunk_elements), steps)
     return fluxes.reshape(-1, fluxes.shape[-1])[:n]
+
+
+def _generate_sharded(gen: Generator, steps: np.ndarray, n: int, chunk_elements, devices):
+    """Fluxes (n, n_pix) for steps (n_steps, batch_size, 3), the steps split evenly over
+    ``devices`` (n_steps a multiple of their number) by a named sharding of the step axis."""
+    mesh = jax.sharding.Mesh(np.asarray(devices), (BATCH_AXIS,))
+    spec = jax.sharding.PartitionSpec(BATCH_AXIS)
+    steps = jax.device_put(steps, jax.sharding.NamedSharding(mesh, spec))
+    return _sharded_steps(gen, steps, n, chunk_elements, mesh)
+
+
+@eqx.filter_jit
+def _sharded_steps(gen: Generator, steps, n: int, chunk_elements, mesh):
+    spec = jax.sharding.PartitionSpec(BATCH_AXIS)
+
+    def local(s):  # this device's steps (n_steps / n_devices, batch_size, 3)
+        fluxes = jax.lax.map(lambda q: _flux(gen, q, chunk_elements), s)
+        return fluxes.reshape(-1, fluxes.shape[-1])
+
+    # check_vma=False: the forward model's lax.cond branches mix per-device and shared values.
+    fluxes = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(steps)
+    return fluxes if fluxes.shape[0] == n else fluxes[:n]
 
 
 def axis_indices(axes: Sequence[str | int]) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ from jblase.search import (
     RefineSettings,
     SearchSettings,
     guided_phase,
+    multistart_phase,
     random_phase,
     refine_in_box,
     search_bounds,
@@ -169,8 +170,8 @@ def _guided_phase(gen: Generator, data, bounds, x0, y0, settings: SearchSettings
     )
 
 
-def _refine(gen: Generator, data, bounds, best, settings: RefineSettings, other_dtype: bool):
-    """L-BFGS-B from the search's best point; ``(x, loss, n_evaluations)``, kept only if better."""
+def _unit_mse_and_grad(gen: Generator, data, bounds):
+    """(u -> (MSE, gradient) in unit-box coordinates, x -> u)."""
     span = bounds[:, 1] - bounds[:, 0]
     span = np.where(span > 0, span, 1.0)
     lo_j, span_j = jnp.asarray(bounds[:, 0]), jnp.asarray(span)
@@ -178,9 +179,30 @@ def _refine(gen: Generator, data, bounds, best, settings: RefineSettings, other_
     def mse_and_grad(u):
         return _mse_and_grad_unit(gen, *data, lo_j, span_j, jnp.asarray(u))
 
+    return mse_and_grad, lambda x: (np.asarray(x, float) - bounds[:, 0]) / span
+
+
+def _multistart_phase(gen: Generator, data, bounds, x0, y0, settings: SearchSettings):
+    """The throughput search (:func:`jblase.search.multistart_phase`) on the search's
+    generator: L-BFGS-B from each start, RMS losses."""
+    mse_and_grad, to_unit = _unit_mse_and_grad(gen, data, bounds)
+    start_refine = RefineSettings(max_iterations=settings.start_iterations)
+
+    def fit_from(x):
+        scale = float(mse_and_grad(to_unit(x))[0])
+        x_fit, n = refine_in_box(mse_and_grad, x, bounds, start_refine, scale=scale)
+        return x_fit, float(np.sqrt(mse_and_grad(to_unit(x_fit))[0])), n + 2
+
+    return multistart_phase(fit_from, bounds, x0, y0, settings)
+
+
+def _refine(gen: Generator, data, bounds, best, settings: RefineSettings, other_dtype: bool):
+    """L-BFGS-B from the search's best point; ``(x, loss, n_evaluations)``, kept only if better."""
+    mse_and_grad, to_unit = _unit_mse_and_grad(gen, data, bounds)
+
     def rms_at(x):
         """RMS loss at x in the generator's own dtype (the refinement's program)."""
-        return float(np.sqrt(mse_and_grad((x - bounds[:, 0]) / span)[0]))
+        return float(np.sqrt(mse_and_grad(to_unit(x))[0]))
 
     best_y = rms_at(best.x) if other_dtype else best.loss
     # The MSE is ~1e-5 at a good fit: scale it to ~1 so L-BFGS-B's tolerances bite.
@@ -226,7 +248,10 @@ def infer(
 
     x0, y0 = _random_phase(fast, data, bounds, search)
     t_random = time.perf_counter()
-    best = _guided_phase(fast, data, bounds, x0, y0, search)
+    if search.method == "gp":
+        best = _guided_phase(fast, data, bounds, x0, y0, search)
+    else:
+        best = _multistart_phase(fast, data, bounds, x0, y0, search)
     t_gp = time.perf_counter()
     gp = dict(zip(PARAM_NAMES, map(float, best.x), strict=True), loss=best.loss)
 

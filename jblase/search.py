@@ -15,6 +15,13 @@ every call) the surrogate costs seconds per guided call. jblase fits the kernel 
 ``acq_func="EI"`` by ``acq_optimizer="sampling"`` over ``n_points=2000`` random candidates, a
 dense cover of a 3-D box; the gradient refinement then takes care of the last digits. The
 surrogate's small matrices are factorised with one BLAS thread (:data:`SURROGATE_BLAS_THREADS`).
+
+A **throughput search** (``method="multistart"``) replaces the guided phase for surveys: from
+the ``n_starts`` best random points that lie apart from each other (at least
+``start_separation`` of the box in unit coordinates), one gradient fit each (L-BFGS-B on the
+search's float32 program), keeping the best. It spends no time on a surrogate;
+``benchmarks/search_paths.py`` compares its accuracy and speed with the GP protocol on the
+same spectra. The GP protocol stays the default.
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ __all__ = [
     "RefineSettings",
     "SearchResult",
     "SearchSettings",
+    "SEARCH_METHODS",
+    "distinct_starts",
     "guided_phase",
+    "multistart_phase",
     "random_phase",
     "refine_in_box",
     "search_bounds",
@@ -43,6 +53,11 @@ __all__ = [
 #: OpenBLAS's thread start-up costs more than it saves (``benchmarks/inference.py`` reports the
 #: surrogate's seconds).
 SURROGATE_BLAS_THREADS = 1
+
+
+#: Search methods after the random phase: the paper's GP-guided calls, or gradient fits from
+#: the best random points (the throughput search).
+SEARCH_METHODS = ("gp", "multistart")
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,12 @@ class SearchSettings:
         search_dtype: profile arithmetic of the two phases (``"float32"`` or ``"float64"``;
             None: the generator's own). Refinements and reported losses use the generator's
             ``compute_dtype``.
+        method: ``"gp"`` (the paper's guided phase) or ``"multistart"`` (gradient fits from
+            the best random points; ``n_guided`` is then unused).
+        n_starts: gradient fits of the multistart search.
+        start_separation: its starts lie at least this far apart in unit-box coordinates
+            (Euclidean; fewer starts where the random points do not allow as many).
+        start_iterations: L-BFGS-B iterations of each multistart fit.
     """
 
     n_random: int = 100
@@ -72,11 +93,22 @@ class SearchSettings:
     n_points: int = 2000
     gp_restarts: int = 0
     search_dtype: str | None = "float32"
+    method: str = "gp"
+    n_starts: int = 2
+    start_separation: float = 0.15
+    start_iterations: int = 15
 
     def __post_init__(self):
         if self.n_random < 1 or self.n_guided < 0:
             raise ValueError(
                 f"need n_random >= 1 and n_guided >= 0, got {self.n_random}, {self.n_guided}"
+            )
+        if self.method not in SEARCH_METHODS:
+            raise ValueError(f"method must be one of {SEARCH_METHODS}, got {self.method!r}")
+        if self.n_starts < 1 or self.start_iterations < 1 or self.start_separation < 0:
+            raise ValueError(
+                "need n_starts >= 1, start_iterations >= 1 and start_separation >= 0, got "
+                f"{self.n_starts}, {self.start_iterations}, {self.start_separation}"
             )
         if self.search_dtype not in (None, "float32", "float64"):
             raise ValueError(
@@ -261,3 +293,43 @@ def refine_in_box(
         options={"maxiter": settings.max_iterations, "gtol": 1e-9, "ftol": 1e-12},
     )
     return bounds[:, 0] + np.clip(opt.x, 0.0, 1.0) * span, int(opt.nfev)
+
+
+def distinct_starts(x0: np.ndarray, y0: np.ndarray, bounds: np.ndarray, settings) -> np.ndarray:
+    """Indices of up to ``settings.n_starts`` random points, best loss first, each at least
+    ``settings.start_separation`` (unit-box coordinates) from those taken before it;
+    non-finite losses are never taken."""
+    y0 = np.asarray(y0, dtype=np.float64)
+    span = bounds[:, 1] - bounds[:, 0]
+    unit = (np.asarray(x0, float) - bounds[:, 0]) / np.where(span > 0, span, 1.0)
+    taken: list[int] = []
+    for i in np.argsort(np.where(np.isfinite(y0), y0, np.inf), kind="stable"):
+        if not np.isfinite(y0[i]):
+            break
+        if all(np.linalg.norm(unit[i] - unit[j]) >= settings.start_separation for j in taken):
+            taken.append(int(i))
+            if len(taken) == settings.n_starts:
+                break
+    if not taken:
+        raise ValueError("every random-phase loss is non-finite; the model cannot fit the data")
+    return np.asarray(taken)
+
+
+def multistart_phase(
+    fit_from: Callable[[np.ndarray], tuple[np.ndarray, float, int]],
+    bounds: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    settings: SearchSettings,
+) -> SearchResult:
+    """The throughput search: ``fit_from(x)`` -> ``(x_fit, loss, n_evaluations)`` from each of
+    :func:`distinct_starts`; the best fit (or the best random point, if no fit beats it)."""
+    starts = distinct_starts(x0, y0, bounds, settings)
+    best_x, best_y = np.asarray(x0[starts[0]], float), float(y0[starts[0]])
+    n = len(y0)
+    for i in starts:
+        x, y, n_fit = fit_from(np.asarray(x0[i], float))
+        n += n_fit
+        if np.isfinite(y) and y < best_y:
+            best_x, best_y = np.asarray(x, float), float(y)
+    return SearchResult(best_x, best_y, n)

@@ -9,6 +9,17 @@ import pytest
 
 import jblase  # noqa: F401  (turns on float64 in JAX)
 
+# The suite's time is mostly XLA compiling many small programs, each run a few times: compile
+# them without LLVM's optimisation passes and with XLA's classic CPU emitters (the same
+# operations, results equal to rounding, compiled in much less time; slower to run, which
+# tests of small cases barely notice). JAX reads XLA_FLAGS when it starts its backend, at the
+# first computation (after these imports); subprocesses (the CLI tests) inherit it.
+# Benchmarks and users run JAX's defaults; JBLASE_TEST_DEFAULT_XLA=1 keeps them here too.
+TEST_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")
+if os.environ.get("JBLASE_TEST_DEFAULT_XLA", "") in ("", "0"):
+    _flags = os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in TEST_XLA_FLAGS if f not in _flags])
+
 # Commands run in-process by the tests must not write a compilation cache into the home
 # directory (tests/test_cli.py checks the cache in subprocesses of its own).
 os.environ["JBLASE_NO_COMPILE_CACHE"] = "1"

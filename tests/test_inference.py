@@ -128,3 +128,18 @@ def test_pixels_outside_the_fitted_range_are_left_out():
     with pytest.raises(ValueError, match="inside the range the clones were fitted on"):
         _prepare_data(gen, wl[:900], flux[:900])
     assert Generator.from_arrays(identity, values, AXES, wl).fitted_range is None
+
+
+def test_multistart_search_recovers_the_parameters(generator, star):
+    """The throughput search: gradient fits from the best random points, no surrogate."""
+    truth, wl, flux = star
+    res = infer(
+        generator, wl, flux, teff_prior=4800.0, n_random=60, method="multistart", n_starts=3
+    )
+    gp = np.array([res.gp["teff"], res.gp["logg"], res.gp["feh"]])
+    # The search alone is already at the truth (its fits are gradient fits in float32).
+    assert abs(gp[0] - truth[0]) < 10 and np.all(np.abs(gp[1:] - truth[1:]) < 0.02)
+    assert abs(res.teff - truth[0]) < 10 and abs(res.logg - truth[1]) < 0.02
+    assert res.n_evaluations > 60  # the random points plus the fits' evaluations
+    with pytest.raises(ValueError, match="method"):
+        infer(generator, wl, flux, method="annealing")

@@ -197,7 +197,9 @@ def test_vmap_equals_single_calls(grid):
     pts = jnp.asarray(_points(rng, 64)[:64])
     single = jax.jit(lambda p: interp(p))
     batched = jax.jit(jax.vmap(lambda p: interp(p)))(pts)
-    np.testing.assert_array_equal(batched, np.stack([single(p) for p in pts]))
+    # Equal to rounding: two programs, whose floating-point contractions the compiler may
+    # choose differently (the suite compiles without LLVM's optimisations, tests/conftest.py).
+    np.testing.assert_allclose(batched, np.stack([single(p) for p in pts]), rtol=1e-15, atol=1e-15)
 
 
 def test_jit_with_module_argument(grid):
