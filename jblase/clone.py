@@ -228,8 +228,7 @@ def _split(lines: LineList, tune_centers: bool):
     return params, fixed
 
 
-@partial(jax.jit, static_argnames=("settings", "n_steps"))
-def _run_segment(params, opt_state, fixed, plan, flux, weight, mask, *, settings, n_steps):
+def _segment(params, opt_state, fixed, plan, flux, weight, mask, *, settings, n_steps):
     """``n_steps`` Adam epochs for a batch; returns (params, opt_state, losses (n_batch, n))."""
     optimizer = _make_optimizer(settings)
 
@@ -247,7 +246,61 @@ def _run_segment(params, opt_state, fixed, plan, flux, weight, mask, *, settings
     return params, opt_state, losses.T
 
 
+_run_segment = jax.jit(_segment, static_argnames=("settings", "n_steps"))
 _batched_mse = jax.jit(_mse, static_argnames=("settings",))
+
+#: The mesh axis batched cloning shards its spectra over when there are several devices.
+BATCH_AXIS = "batch"
+
+
+def _batch_spec(x):
+    """Arrays with a batch axis (every per-spectrum array is 2-D or more: params, Adam's
+    moments, fluxes, masks, window caps) split over the mesh; the rest (wavelengths, the loss
+    weight, Adam's step count) replicated."""
+    return (
+        jax.sharding.PartitionSpec(BATCH_AXIS) if jnp.ndim(x) >= 2 else jax.sharding.PartitionSpec()
+    )
+
+
+def _sharded(fn, mesh, out_specs):
+    """``fn`` (a function of the training arrays) under ``jax.shard_map`` over ``mesh``: each
+    device trains its share of the spectra (their losses and gradients are independent)."""
+
+    def run(*args):
+        in_specs = jax.tree_util.tree_map(_batch_spec, args)
+        return jax.shard_map(
+            fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs(*args), check_vma=False
+        )(*args)
+
+    return run
+
+
+@partial(jax.jit, static_argnames=("settings", "n_steps", "mesh"))
+def _run_segment_sharded(
+    params, opt_state, fixed, plan, flux, weight, mask, *, settings, n_steps, mesh
+):
+    def out_specs(params, opt_state, *_):
+        spec = partial(jax.tree_util.tree_map, _batch_spec)
+        return spec(params), spec(opt_state), jax.sharding.PartitionSpec(BATCH_AXIS)
+
+    fn = partial(_segment, settings=settings, n_steps=n_steps)
+    return _sharded(fn, mesh, out_specs)(params, opt_state, fixed, plan, flux, weight, mask)
+
+
+@partial(jax.jit, static_argnames=("settings", "mesh"))
+def _batched_mse_sharded(params, fixed, plan, flux, weight, mask, *, settings, mesh):
+    fn = partial(_mse, settings=settings)
+    out = lambda *_: jax.sharding.PartitionSpec(BATCH_AXIS)
+    return _sharded(fn, mesh, out)(params, fixed, plan, flux, weight, mask)
+
+
+def _training_mesh(n_batch: int):
+    """A one-axis mesh over every local device when there are several and they divide the
+    batch (:func:`clone_lines_many` rounds its batches up to a multiple of them); else None."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or n_batch % len(devices):
+        return None
+    return jax.sharding.Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
 _init_optimizer = jax.jit(
@@ -282,14 +335,17 @@ def _train(
     fl = jnp.asarray(flux)
     params, fixed = _split(lines, settings.tune_centers)
     plans = _TrainingPlans(wavelength, lines, settings)
-    kw = dict(settings=settings)
-    mse0 = _batched_mse(params, fixed, plans.update(params, fixed), fl, weight, lines.mask, **kw)
+    mesh = _training_mesh(flux.shape[0])
+    kw = dict(settings=settings) if mesh is None else dict(settings=settings, mesh=mesh)
+    batched_mse = _batched_mse if mesh is None else _batched_mse_sharded
+    run_segment = _run_segment if mesh is None else _run_segment_sharded
+    mse0 = batched_mse(params, fixed, plans.update(params, fixed), fl, weight, lines.mask, **kw)
     history = []
     if settings.epochs:
         opt_state = _init_optimizer(params, settings)
         n_steps = _segment_length(settings.epochs)
         for _ in range(settings.epochs // n_steps):
-            params, opt_state, losses = _run_segment(
+            params, opt_state, losses = run_segment(
                 params,
                 opt_state,
                 fixed,
@@ -303,7 +359,7 @@ def _train(
             history.append(np.asarray(losses))
             if progress is not None:
                 progress.update(n_steps)
-    mse = _batched_mse(params, fixed, plans.update(params, fixed), fl, weight, lines.mask, **kw)
+    mse = batched_mse(params, fixed, plans.update(params, fixed), fl, weight, lines.mask, **kw)
     center = _center(params, fixed, settings)
     tuned = LineList(
         center=center,
@@ -582,6 +638,12 @@ def clone_batch(
     short last batch is filled with copies so every batch has one compiled shape. Results are
     identical, to optimiser tolerance, to :func:`clone_spectrum` on each spectrum.
 
+    With several local devices (GPUs, or CPU devices forced with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), ``batch_size`` is rounded up to a
+    multiple of their number and each batch is split over them by a named sharding of the
+    batch axis (``jax.shard_map`` over a one-axis mesh ``"batch"``): each device trains its
+    share, with the single-device results.
+
     Args:
         normalized_fluxes: (n_spectra, n_pix) normalised fluxes on ``wavelength``.
         on_result: called as ``on_result(index, result)`` as soon as each spectrum is done,
@@ -681,6 +743,9 @@ def clone_lines_many(
         raise ValueError(f"{len(initial)} initial line lists for {fluxes.shape[0]} spectra")
     order = np.argsort([len(d) for d in initial], kind="stable")
     batch_size = batch_size if full_batches else min(batch_size, len(order))
+    n_devices = len(jax.local_devices())
+    if n_devices > 1:  # every device a share of each batch (the filling copies cost nothing more)
+        batch_size = -(-batch_size // n_devices) * n_devices
     results: list[CloneResult | None] = [None] * len(order)
     bar = tqdm(total=len(order), desc="cloning", unit="spectrum", disable=not progress)
     with bar:
