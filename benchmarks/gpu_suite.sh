@@ -35,5 +35,8 @@ else
   # Ratios against the paper's design at 20,000 lines (baseline on the host CPU).
   run 100 reconstruct.py --lines 20000 --batches 1 60 --repeats 2 --serial-points 2 \
     --baseline-max-spectra 2 --budget-s 5
+  # Spectra fitted per second by fit-many: 1 worker (one GPU), then one worker per GPU.
+  NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+  run 200 survey.py --quick --workers 1 $([ "${NGPU:-0}" -gt 1 ] && echo "$NGPU")
 fi
 ls -l "$JBLASE_BENCH_OUT"

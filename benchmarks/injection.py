@@ -96,14 +96,25 @@ def _observation(model, truth, snr, rng):
     )
 
 
-def _fit_one(generator, spectrum, truth, search):
+def _fit_one(generator, spectrum, truth, search, posterior=None):
     from jblase.fit import FitSettings, fit
 
     prior = float(np.clip(np.round(truth[0] / 250.0) * 250.0, *generator.bounds[0]))
     settings = FitSettings(resolving_power=RESOLVING_POWER, teff_prior=prior)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit(generator, spectrum, settings, search=search)
+        return fit(generator, spectrum, settings, search=search, posterior=posterior)
+
+
+def add_injected_set_args(parser, n_help: str, seed: int):
+    """The arguments of a script fitting one injected set (``--n``, ``--snr``, ``--manifold``,
+    ``--seed``), besides the common ones."""
+    parser = _common.add_common_args(parser)
+    parser.add_argument("--n", type=int, default=None, help=f"injections ({n_help})")
+    parser.add_argument("--snr", type=float, default=100.0)
+    parser.add_argument("--manifold", type=Path, default=None, help="a built demo manifold")
+    parser.add_argument("--seed", type=int, default=seed)
+    return parser
 
 
 def _half_range(x: np.ndarray) -> float:

@@ -22,24 +22,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from injection import PARAMS, RESOLVING_POWER, _manifold, _observation, _truths  # noqa: E402
-
-
-def _fit(generator, spectrum, truth, search, posterior):
-    from jblase.fit import FitSettings, fit
-
-    prior = float(np.clip(np.round(truth[0] / 250.0) * 250.0, *generator.bounds[0]))
-    settings = FitSettings(resolving_power=RESOLVING_POWER, teff_prior=prior)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fit(generator, spectrum, settings, search=search, posterior=posterior)
+from injection import (  # noqa: E402
+    PARAMS,
+    _fit_one,
+    _manifold,
+    _observation,
+    _truths,
+    add_injected_set_args,
+)
 
 
 def _row(result, truth) -> dict:
@@ -89,14 +85,11 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = _common.add_common_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument("--n", type=int, default=None, help="injections (default 20, quick 2)")
-    parser.add_argument("--snr", type=float, default=100.0)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser = add_injected_set_args(parser, "default 20, quick 2", 3000)
     parser.add_argument("--draws", type=int, default=None, help="per chain (500, quick 100)")
     parser.add_argument("--warmup", type=int, default=None, help="(300, quick 100)")
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--manifold", type=Path, default=None, help="a built demo manifold")
-    parser.add_argument("--seed", type=int, default=3000)
     args = parser.parse_args(argv)
     n = args.n or (2 if args.quick else 20)
 
@@ -118,11 +111,11 @@ def main(argv=None) -> int:
         return _observation(model, truths[k], args.snr, np.random.default_rng([args.seed, k]))
 
     t = time.perf_counter()
-    _fit(generator, observe(n), truths[n], search, posterior)  # compiles; not reported
+    _fit_one(generator, observe(n), truths[n], search, posterior)  # compiles; not reported
     first = time.perf_counter() - t
     rows = []
     for k in range(n):
-        rows.append(_row(_fit(generator, observe(k), truths[k], search, posterior), truths[k]))
+        rows.append(_row(_fit_one(generator, observe(k), truths[k], search, posterior), truths[k]))
         print(
             f"  {k + 1}/{n}: R-hat max {rows[-1]['rhat_max']:.4f}, ESS min "
             f"{rows[-1]['ess_min']:.0f}, NUTS {rows[-1]['nuts_seconds']:.1f} s",

@@ -25,7 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
-from injection import PARAMS, _fit_one, _manifold, _observation, _truths  # noqa: E402
+from injection import (  # noqa: E402
+    PARAMS,
+    _fit_one,
+    _manifold,
+    _observation,
+    _truths,
+    add_injected_set_args,
+)
 
 METHODS = ("gp", "multistart")
 
@@ -61,11 +68,8 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = _common.add_common_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument("--n", type=int, default=None, help="injections (default 30, quick 4)")
-    parser.add_argument("--snr", type=float, default=100.0)
-    parser.add_argument("--manifold", type=Path, default=None, help="a built demo manifold")
-    parser.add_argument("--seed", type=int, default=2000)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser = add_injected_set_args(parser, "default 30, quick 4", 2000)
     args = parser.parse_args(argv)
     n = args.n or (4 if args.quick else 30)
 

@@ -9,6 +9,7 @@ spectra fitted per second of wall time for each and their ratio, and checks that
 tables agree row for row (status, error and every fitted value; only ``seconds`` differs).
 
     python benchmarks/survey.py [--quick] [--n 12] [--manifold M.npz] [--batch-size 2]
+        [--workers 1 2] [--search gp|multistart]
 
 Writes ``results/survey[_quick].json``.
 """
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,6 +78,17 @@ def main(argv=None) -> int:
     parser.add_argument("--manifold", type=Path, default=None, help="a built demo manifold")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="local cluster sizes to run, the first the reference (default 1 2; on a GPU "
+        "machine 1 and the number of GPUs: one worker per device)",
+    )
+    parser.add_argument(
+        "--search", choices=("gp", "multistart"), default="gp", help="the fits' search"
+    )
     args = parser.parse_args(argv)
     from jblase.fit import FitSettings
     from jblase.survey import FitJob, SurveySettings, read_table, run_survey
@@ -87,7 +100,7 @@ def main(argv=None) -> int:
     job = FitJob(
         manifold=manifold_path,
         settings=FitSettings(resolving_power=55_000.0),
-        search={"n_random": 100, "n_guided": 20},
+        search={"n_random": 100, "n_guided": 20, "method": args.search},
     )
     runs = {}
     warm = work / "warmup.csv"
@@ -102,7 +115,7 @@ def main(argv=None) -> int:
     )
     warmup_s = time.perf_counter() - t
     print(f"warm-up (one fit in this process, compiling): {warmup_s:.1f} s")
-    for workers in (1, 2):
+    for workers in args.workers:
         out = work / f"workers{workers}.csv"
         for path in (out, out.with_name(out.name + ".settings.json")):
             path.unlink(missing_ok=True)
@@ -128,15 +141,18 @@ def main(argv=None) -> int:
             f"{workers} worker(s): {done['total']} spectra ({done['failed']} failed) in "
             f"{wall:.1f} s"
         )
-    same, worst = _same(runs[1]["rows"], runs[2]["rows"])
-    ratio = runs[2]["spectra_per_s"] / runs[1]["spectra_per_s"]
+    ref, last = args.workers[0], args.workers[-1]
+    checks = [_same(runs[ref]["rows"], runs[w]["rows"]) for w in args.workers[1:]]
+    same = all(ok for ok, _ in checks)
+    worst = max((w for _, w in checks), default=0.0)
+    ratio = runs[last]["spectra_per_s"] / runs[ref]["spectra_per_s"]
     table = [
         {
             "workers": w,
             "spectra": r["spectra"],
             "failed": r["failed"],
             "spectra/s": r["spectra_per_s"],
-            "vs 1 worker": r["spectra_per_s"] / runs[1]["spectra_per_s"],
+            f"vs {ref} worker(s)": r["spectra_per_s"] / runs[ref]["spectra_per_s"],
             "median fit s": r["median_fit_s"],
         }
         for w, r in runs.items()
@@ -152,7 +168,10 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "warmup_s": warmup_s,
         "throughput": table,
-        "ratio_2_workers_vs_1": ratio,
+        "workers": args.workers,
+        "search": args.search,
+        "jax_devices": len(jax.devices()),
+        f"ratio_{last}_workers_vs_{ref}": ratio,
         "tables_equal": same,
         "largest_relative_difference": worst,
         "runs": {str(w): r for w, r in runs.items()},
