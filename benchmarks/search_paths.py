@@ -34,7 +34,7 @@ from injection import (  # noqa: E402
     add_injected_set_args,
 )
 
-METHODS = ("gp", "multistart")
+METHODS = ("gp", "multistart")  # the two it compares (jblase.search.SEARCH_METHODS)
 
 
 def _row(result, truth) -> dict:

@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 from injection import _manifold, _observation, _truths  # noqa: E402
 
+from jblase.search import SEARCH_METHODS  # noqa: E402
+
 SNR = 100.0
 
 
@@ -86,9 +88,7 @@ def main(argv=None) -> int:
         help="local cluster sizes to run, the first the reference (default 1 2; on a GPU "
         "machine 1 and the number of GPUs: one worker per device)",
     )
-    parser.add_argument(
-        "--search", choices=("gp", "multistart"), default="gp", help="the fits' search"
-    )
+    parser.add_argument("--search", choices=SEARCH_METHODS, default="gp", help="the fits' search")
     args = parser.parse_args(argv)
     from jblase.fit import FitSettings
     from jblase.survey import FitJob, SurveySettings, read_table, run_survey

@@ -19,6 +19,7 @@ from pathlib import Path
 from jblase._compiled import compile_cache_dir, enable_compile_cache  # noqa: F401
 from jblase.forward import LINE_FORMS
 from jblase.profiles import PROFILES
+from jblase.search import SEARCH_METHODS
 
 __all__ = ["main"]
 
@@ -416,7 +417,7 @@ def _print_fit(result) -> None:
 def _search_arg(p, default) -> None:
     p.add_argument(
         "--search",
-        choices=("gp", "multistart"),
+        choices=SEARCH_METHODS,
         default=default,
         help="after the random points: 'gp' (the paper's GP-guided calls; the default) or "
         "'multistart' (gradient fits from the best random points: faster, for surveys; "

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from jblase._checks import check_spectrum
 from jblase._compiled import release_if_crowded
+from jblase._devices import BATCHED, REPLICATED, batch_mesh
 from jblase.detect import LOSS_BUFFER_AA, active_region, detect_lines
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
@@ -249,17 +250,12 @@ def _segment(params, opt_state, fixed, plan, flux, weight, mask, *, settings, n_
 _run_segment = jax.jit(_segment, static_argnames=("settings", "n_steps"))
 _batched_mse = jax.jit(_mse, static_argnames=("settings",))
 
-#: The mesh axis batched cloning shards its spectra over when there are several devices.
-BATCH_AXIS = "batch"
-
 
 def _batch_spec(x):
     """Arrays with a batch axis (every per-spectrum array is 2-D or more: params, Adam's
     moments, fluxes, masks, window caps) split over the mesh; the rest (wavelengths, the loss
     weight, Adam's step count) replicated."""
-    return (
-        jax.sharding.PartitionSpec(BATCH_AXIS) if jnp.ndim(x) >= 2 else jax.sharding.PartitionSpec()
-    )
+    return BATCHED if jnp.ndim(x) >= 2 else REPLICATED
 
 
 def _sharded(fn, mesh, out_specs):
@@ -281,7 +277,7 @@ def _run_segment_sharded(
 ):
     def out_specs(params, opt_state, *_):
         spec = partial(jax.tree_util.tree_map, _batch_spec)
-        return spec(params), spec(opt_state), jax.sharding.PartitionSpec(BATCH_AXIS)
+        return spec(params), spec(opt_state), BATCHED
 
     fn = partial(_segment, settings=settings, n_steps=n_steps)
     return _sharded(fn, mesh, out_specs)(params, opt_state, fixed, plan, flux, weight, mask)
@@ -290,17 +286,16 @@ def _run_segment_sharded(
 @partial(jax.jit, static_argnames=("settings", "mesh"))
 def _batched_mse_sharded(params, fixed, plan, flux, weight, mask, *, settings, mesh):
     fn = partial(_mse, settings=settings)
-    out = lambda *_: jax.sharding.PartitionSpec(BATCH_AXIS)
-    return _sharded(fn, mesh, out)(params, fixed, plan, flux, weight, mask)
+    return _sharded(fn, mesh, lambda *_: BATCHED)(params, fixed, plan, flux, weight, mask)
 
 
 def _training_mesh(n_batch: int):
     """A one-axis mesh over every local device when there are several and they divide the
     batch (:func:`clone_lines_many` rounds its batches up to a multiple of them); else None."""
-    devices = jax.local_devices()
-    if len(devices) < 2 or n_batch % len(devices):
+    n_devices = len(jax.local_devices())
+    if n_devices < 2 or n_batch % n_devices:
         return None
-    return jax.sharding.Mesh(np.asarray(devices), (BATCH_AXIS,))
+    return batch_mesh()
 
 
 _init_optimizer = jax.jit(

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jblase._checks import check_wavelength
+from jblase._devices import BATCHED, batch_mesh
 from jblase.detect import LOSS_BUFFER_AA
 from jblase.forward import (
     DEFAULT_FLUX_TOLERANCE,
@@ -44,9 +45,6 @@ __all__ = [
     "generator_chunk_elements",
 ]
 
-
-#: The mesh axis :meth:`Generator.batch` shards its steps over when it has several devices.
-BATCH_AXIS = "batch"
 
 #: Threads for :meth:`Generator.batch` on CPU outside ``jit`` (None: every core this process
 #: may use). XLA's CPU runtime runs one such program on about one core.
@@ -612,22 +610,21 @@ def _generate_steps(gen: Generator, steps, n: int, chunk_elements: int | None = 
 def _generate_sharded(gen: Generator, steps: np.ndarray, n: int, chunk_elements, devices):
     """Fluxes (n, n_pix) for steps (n_steps, batch_size, 3), the steps split evenly over
     ``devices`` (n_steps a multiple of their number) by a named sharding of the step axis."""
-    mesh = jax.sharding.Mesh(np.asarray(devices), (BATCH_AXIS,))
-    spec = jax.sharding.PartitionSpec(BATCH_AXIS)
-    steps = jax.device_put(steps, jax.sharding.NamedSharding(mesh, spec))
+    mesh = batch_mesh(devices)
+    steps = jax.device_put(steps, jax.sharding.NamedSharding(mesh, BATCHED))
     return _sharded_steps(gen, steps, n, chunk_elements, mesh)
 
 
 @eqx.filter_jit
 def _sharded_steps(gen: Generator, steps, n: int, chunk_elements, mesh):
-    spec = jax.sharding.PartitionSpec(BATCH_AXIS)
-
     def local(s):  # this device's steps (n_steps / n_devices, batch_size, 3)
         fluxes = jax.lax.map(lambda q: _flux(gen, q, chunk_elements), s)
         return fluxes.reshape(-1, fluxes.shape[-1])
 
     # check_vma=False: the forward model's lax.cond branches mix per-device and shared values.
-    fluxes = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(steps)
+    fluxes = jax.shard_map(local, mesh=mesh, in_specs=BATCHED, out_specs=BATCHED, check_vma=False)(
+        steps
+    )
     return fluxes if fluxes.shape[0] == n else fluxes[:n]
 
 

@@ -17,7 +17,8 @@ _SCRIPT = """
 import json
 import jax
 import numpy as np
-from jblase.generator import BATCH_AXIS, Generator
+from jblase._devices import BATCH_AXIS
+from jblase.generator import Generator
 from tests.test_generator import AXES, _random_manifold
 
 identity, values, wl = _random_manifold(n_lines=120, n_pix=6000)
