@@ -12,9 +12,10 @@ divergences, the NUTS seconds per star (warm: the first star compiles, untimed) 
 effective samples per second (smallest ESS over the parameters / NUTS seconds).
 
     python benchmarks/posterior.py [--quick] [--n 20] [--snr 100] [--draws 500] [--warmup 300]
-        [--chains 4] [--manifold M.npz]
+        [--chains 4] [--adapt laplace|window] [--manifold M.npz] [--tag T]
 
-Needs blackjax (``pip install "jblase[sampling]"``). Writes ``results/posterior[_quick].json``.
+Needs blackjax (``pip install "jblase[sampling]"``). Writes
+``results/posterior[_quick][_<tag>].json``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def _row(result, truth) -> dict:
         rhat_max=max(post["rhat"].values()),
         ess_min=min(post["ess"].values()),
         divergences=int(post["divergences"]),
+        integration_steps=float(post["integration_steps"]),
         nuts_seconds=result.seconds["posterior"],
         fit_seconds=result.seconds["total"] - result.seconds["posterior"],
     )
@@ -78,6 +80,9 @@ def _summary(rows: list[dict]) -> dict:
     out["fraction_rhat_below_1.01"] = float(np.mean([r["rhat_max"] < 1.01 for r in rows]))
     out["ess_min"] = float(ess.min())
     out["divergences"] = int(sum(r["divergences"] for r in rows))
+    out["median_integration_steps_per_draw"] = float(
+        np.median([r["integration_steps"] for r in rows])
+    )
     out["median_nuts_seconds_per_star"] = float(np.median(nuts))
     out["median_fit_seconds_per_star"] = float(np.median([r["fit_seconds"] for r in rows]))
     out["median_ess_per_second"] = float(np.median(ess / nuts))
@@ -90,6 +95,14 @@ def main(argv=None) -> int:
     parser.add_argument("--draws", type=int, default=None, help="per chain (500, quick 100)")
     parser.add_argument("--warmup", type=int, default=None, help="(300, quick 100)")
     parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument(
+        "--adapt",
+        choices=["laplace", "window"],
+        default="laplace",
+        help="warm-up: step size alone with the Laplace mass matrix (default), or blackjax's "
+        "window adaptation of a dense mass matrix",
+    )
+    parser.add_argument("--tag", default=None, help="suffix of the JSON name")
     args = parser.parse_args(argv)
     n = args.n or (2 if args.quick else 20)
 
@@ -101,6 +114,7 @@ def main(argv=None) -> int:
         draws=args.draws or (100 if args.quick else 500),
         warmup=args.warmup or (100 if args.quick else 300),
         chains=args.chains,
+        adapt_mass_matrix=args.adapt,
     )
     manifold, model, manifold_path = _manifold(args)
     generator = Generator.from_manifold(manifold)
@@ -118,7 +132,8 @@ def main(argv=None) -> int:
         rows.append(_row(_fit_one(generator, observe(k), truths[k], search, posterior), truths[k]))
         print(
             f"  {k + 1}/{n}: R-hat max {rows[-1]['rhat_max']:.4f}, ESS min "
-            f"{rows[-1]['ess_min']:.0f}, NUTS {rows[-1]['nuts_seconds']:.1f} s",
+            f"{rows[-1]['ess_min']:.0f}, {rows[-1]['integration_steps']:.1f} gradients per "
+            f"draw, NUTS {rows[-1]['nuts_seconds']:.1f} s",
             flush=True,
         )
     summary = _summary(rows)
@@ -134,7 +149,7 @@ def main(argv=None) -> int:
         f"{summary['median_ess_per_second']:.1f} effective samples per second"
     )
     _common.write_results(
-        "posterior_quick" if args.quick else "posterior",
+        "_".join(t for t in ("posterior", "quick" if args.quick else "", args.tag or "") if t),
         {
             "manifold": manifold_path,
             "n": n,

@@ -112,6 +112,8 @@ def _cmd_clone(args) -> int:
         batch_size=args.batch,
         source={"grid_dir": str(Path(args.grid_dir).resolve()), "wl_range": args.wl},
         progress=not args.quiet,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
     print(
         f"{summary['total']} grid points: {summary['done']} already done, "
@@ -247,11 +249,12 @@ def _load_generator(path, wl_range=None, dtype="float64", interpolation=None):
 def _interpolation_arg(p) -> None:
     p.add_argument(
         "--interpolation",
-        choices=["hybrid", "linear", "log"],
+        choices=["hybrid", "logit_depth", "linear", "log"],
         default=None,
         help="how line strengths are interpolated between grid points: hybrid (default; ln a "
-        "where a line is present and unsaturated at every corner, a elsewhere), linear (a) or "
-        "log (ln a, the paper's)",
+        "where a line is present and unsaturated at every corner, a elsewhere), logit_depth "
+        "(as hybrid, with the logit of the central depth instead of ln a and no depth limit), "
+        "linear (a) or log (ln a, the paper's)",
     )
 
 
@@ -448,6 +451,17 @@ def _fit_settings(args):
     return settings, search, mask
 
 
+def _posterior_settings(args, draws_flag: str):
+    """The NUTS settings of ``--posterior nuts --draws N --chains C`` (None without it)."""
+    if args.posterior != "nuts":
+        if getattr(args, draws_flag.lstrip("-").replace("-", "_")) is not None:
+            raise ValueError(f"{draws_flag} needs --posterior nuts")
+        return None
+    from jblase.posterior import PosteriorSettings
+
+    return PosteriorSettings(draws=args.draws, warmup=max(200, args.draws // 2), chains=args.chains)
+
+
 def _cmd_fit(args) -> int:
     from jblase.fit import fit, line_list_model
     from jblase.spectra import read_observed
@@ -465,31 +479,17 @@ def _cmd_fit(args) -> int:
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
     settings, search, mask = _fit_settings(args)
+    posterior = _posterior_settings(args, "--draws-out")
     spectrum = read_observed(args.spectrum, orders=args.orders)
     if args.lines is not None:
         model = line_list_model(args.lines, spectrum, settings)
     else:
         model = _load_generator(args.manifold, interpolation=args.interpolation)
-    posterior = None
-    if args.posterior == "nuts":
-        from jblase.posterior import PosteriorSettings
-
-        posterior = PosteriorSettings(
-            draws=args.draws, warmup=max(200, args.draws // 2), chains=args.chains
-        )
-    elif args.draws_out is not None:
-        raise ValueError("--draws-out needs --posterior nuts")
     result = fit(model, spectrum, settings, mask_intervals=mask, posterior=posterior, **search)
     if args.draws_out is not None:
-        import numpy as np
+        from jblase.survey import save_draws
 
-        np.savez(
-            args.draws_out,
-            draws=result.posterior_draws,
-            names=np.array(result.fitted),
-            rhat=np.array([result.posterior["rhat"][n] for n in result.fitted]),
-            ess=np.array([result.posterior["ess"][n] for n in result.fitted]),
-        )
+        save_draws(args.draws_out, result)
     if args.plot is not None:
         from jblase.plots import plot_fit
 
@@ -517,6 +517,8 @@ def _cmd_fit_many(args) -> int:
         orders=None if args.orders is None else tuple(args.orders),
         mask_intervals=mask,
         interpolation=args.interpolation,
+        posterior=_posterior_settings(args, "--draws-dir"),
+        draws_dir=None if args.draws_dir is None else str(args.draws_dir),
     )
     engine = SurveySettings(
         workers=args.workers,
@@ -625,6 +627,42 @@ def _fit_options(p) -> None:
     _interpolation_arg(p)
 
 
+def _engine_options(p, zero: str, default_workers: int = 0) -> None:
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers,
+        metavar="N",
+        help=f"local Dask worker processes ({default_workers}); 0: {zero} "
+        '(Dask: pip install "jblase[survey]")',
+    )
+    engine.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="an existing Dask scheduler (tcp://host:8786) instead of a local cluster; its "
+        "workers must see the same paths",
+    )
+
+
+def _posterior_options(p, where: str) -> None:
+    p.add_argument(
+        "--posterior",
+        choices=["nuts"],
+        default=None,
+        help="also sample the posterior of the fitted parameters by NUTS (needs blackjax: "
+        f'pip install "jblase[sampling]"); {where} gains NAME_median, NAME_p16, NAME_p84 and '
+        "the chains' R-hat and effective sample sizes",
+    )
+    p.add_argument(
+        "--draws", type=int, default=1000, metavar="N", help="NUTS draws per chain (1000)"
+    )
+    p.add_argument(
+        "--chains", type=int, default=4, metavar="C", help="NUTS chains (4), after one warm-up"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jblase",
@@ -670,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     p.add_argument("--batch", type=int, default=8, help="spectra cloned together in one program")
+    _engine_options(p, "clone in this process, without Dask")
     p.add_argument("--profile", default="pseudo_voigt", choices=sorted(PROFILES))
     p.add_argument(
         "--line-form",
@@ -841,20 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters stay fixed",
     )
     _fit_options(p)
-    p.add_argument(
-        "--posterior",
-        choices=["nuts"],
-        default=None,
-        help="also sample the posterior of the fitted parameters by NUTS (needs blackjax: "
-        'pip install "jblase[sampling]"); the JSON gains NAME_median, NAME_p16, NAME_p84 and '
-        "the chains' R-hat and effective sample sizes",
-    )
-    p.add_argument(
-        "--draws", type=int, default=1000, metavar="N", help="NUTS draws per chain (1000)"
-    )
-    p.add_argument(
-        "--chains", type=int, default=4, metavar="C", help="NUTS chains (4), after one warm-up"
-    )
+    _posterior_options(p, "the JSON")
     p.add_argument(
         "--draws-out",
         type=Path,
@@ -890,24 +916,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TABLE",
         help="CSV table, one row per spectrum; an existing table is resumed",
     )
-    engine = p.add_mutually_exclusive_group()
-    engine.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="local Dask worker processes (1); 0: in this process, without Dask",
-    )
-    engine.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="an existing Dask scheduler (tcp://host:8786) instead of a local cluster",
-    )
+    _engine_options(p, "in this process, without Dask", default_workers=1)
     p.add_argument(
         "--batch-size", type=int, default=4, metavar="B", help="spectra per Dask task (4)"
     )
     _fit_options(p)
+    _posterior_options(p, "each row")
+    p.add_argument(
+        "--draws-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save each spectrum's NUTS draws here (FILE.draws.npz)",
+    )
     p.set_defaults(func=_cmd_fit_many)
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded demo grid")

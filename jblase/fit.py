@@ -343,13 +343,23 @@ class FitResult:
             for name in self.fitted:
                 for q in ("median", "p16", "p84"):
                     out[f"{name}_{q}"] = float(self.posterior[q][name])
-            out["posterior"] = {
-                k: self.posterior[k]
-                for k in ("rhat", "ess", "divergences", "acceptance", "chains", "draws")
-            }
+            out["posterior"] = {k: self.posterior[k] for k in POSTERIOR_SUMMARY}
         if self.gp is not None:
             out["gp"] = self.gp
         return out
+
+
+#: The sampler's summary in ``to_json()["posterior"]`` (per-parameter dicts, then scalars).
+POSTERIOR_SUMMARY = (
+    "rhat",
+    "ess",
+    "divergences",
+    "acceptance",
+    "integration_steps",
+    "adaptation",
+    "chains",
+    "draws",
+)
 
 
 # --------------------------------------------------------------------------- stage 1: data
@@ -1159,6 +1169,15 @@ def _assemble(problem, values, weight, settings, berv, rv_scan, gp) -> FitResult
         nan = np.full((len(names), len(names)), np.nan)
         stats = {"covariance": nan, "correlation": nan, "errors": dict.fromkeys(names, np.nan)}
     _warn_at_edges(problem, values)
+    for name in on_grid_nodes(problem, values):
+        warnings.warn(
+            f"{name} = {values[name]:.6g} sits on a grid node of the manifold, where the "
+            "interpolation between nodes has a kink (its slope changes): a kink can hold an "
+            "optimiser, and its Laplace error is not meaningful; see the NUTS posterior "
+            "(--posterior nuts) or refit from another start (--seed)",
+            FitWarning,
+            3,
+        )
     model = np.where(np.asarray(problem.observation.mask), np.asarray(model), np.nan)
     stat = {k: float(stats["errors"].get(k, np.nan)) for k in PARAMETERS}
     floors = settings.systematic_errors
@@ -1207,6 +1226,12 @@ def _log_posterior(problem: _Problem, u, weight):
     return -0.5 * jnp.sum(chi2) - 0.5 * jnp.sum(logdet) + ln_jacobian
 
 
+def _log_posterior_of(u, data):
+    """:func:`_log_posterior` as NUTS calls it: ``data`` is ``(problem, weight)``."""
+    problem, weight = data
+    return _log_posterior(problem, u, weight)
+
+
 def _sample_posterior(problem, values, weight, settings, posterior, result: FitResult) -> None:
     """Stage 7: NUTS from the optimum (:func:`jblase.posterior.nuts`), the Laplace covariance
     in unconstrained coordinates as its initial mass matrix; fills ``result.posterior``."""
@@ -1217,7 +1242,12 @@ def _sample_posterior(problem, values, weight, settings, posterior, result: FitR
         cov_u = np.linalg.inv(_hessian(problem, u, weight, settings.hessian))
     except np.linalg.LinAlgError:
         cov_u = None
-    out = nuts(lambda v: _log_posterior(problem, v, weight), u, cov_u, posterior)
+    adaptation = posterior.adapt_mass_matrix
+    if adaptation == "laplace" and on_grid_nodes(problem, values):
+        # The Hessian at a kink says nothing of the posterior's width: learn the mass matrix.
+        adaptation = "window"
+    run = dataclasses.replace(posterior, adapt_mass_matrix=adaptation)
+    out = nuts(_log_posterior_of, u, cov_u, run, data=(problem, weight))
     samples = jnp.asarray(out["samples"])  # (chains, draws, n_free)
     layout = problem.layout
     physical = jax.vmap(
@@ -1236,6 +1266,8 @@ def _sample_posterior(problem, values, weight, settings, posterior, result: FitR
         "ess": dict(zip(names, map(float, out["ess"]), strict=True)),
         "divergences": out["divergences"],
         "acceptance": out["acceptance"],
+        "integration_steps": out["integration_steps"],
+        "adaptation": adaptation,
         "chains": posterior.chains,
         "draws": posterior.draws,
     }
@@ -1254,6 +1286,27 @@ def _floored(stat: dict, floors: Mapping[str, float]) -> dict:
     """Each error in ``stat`` with its floor (if any) added in quadrature (:func:`with_floor`);
     a parameter that was not fitted keeps its NaN."""
     return {k: with_floor(v, floors[k]) if k in floors else v for k, v in stat.items()}
+
+
+#: A fitted stellar parameter within this fraction of its axis's smallest node spacing of a
+#: grid node counts as sitting on the node (an optimiser held by the interpolation's kink).
+NODE_TOLERANCE = 1e-4
+
+
+def on_grid_nodes(problem: _Problem, values: dict) -> tuple[str, ...]:
+    """The fitted stellar parameters that sit on an interior grid node of the generator
+    (within :data:`NODE_TOLERANCE` of the axis's node spacing)."""
+    if problem.generator is None:
+        return ()
+    out = []
+    for name, axis in zip(_STELLAR, problem.generator.axes, strict=True):
+        axis = np.asarray(axis, np.float64)
+        if name not in problem.layout.free or axis.size < 3:
+            continue
+        gap = np.abs(axis[1:-1] - float(values[name])).min()
+        if gap <= NODE_TOLERANCE * np.diff(axis).min():
+            out.append(name)
+    return tuple(out)
 
 
 def _warn_at_edges(problem: _Problem, values: dict) -> None:

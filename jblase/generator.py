@@ -95,7 +95,16 @@ LN_AMPLITUDE_CUTOFF = -100.0
 #: two interpolations there). With ``log_max_depth`` (the default), a saturated line (central
 #: depth a V(0) above it at some corner) also takes the a branch: its core hides its strength,
 #: so its fitted a and widths trade off from node to node and their logs interpolate poorly.
-AMPLITUDE_INTERPOLATIONS = ("linear", "log", "hybrid")
+#: "logit_depth": "hybrid" with the all-corners branch in logit d of the central depth
+#: d = a V(0) instead of ln a (a = d / V(0) at the interpolated widths): for a weak line it is
+#: ln a plus ln V(0); a strong line's depth saturates towards 1 as its opacity grows, and the
+#: logit undoes that saturation, so no depth limit is needed (absorption line form only).
+AMPLITUDE_INTERPOLATIONS = ("linear", "log", "hybrid", "logit_depth")
+#: The modes that carry a and the presence as two more channels and switch branch per cell.
+_HYBRID_MODES = ("hybrid", "logit_depth")
+#: logit_depth: central depths are clipped into [_DEPTH_FLOOR, 1 - _DEPTH_CEILING_GAP]; a line
+#: whose core is clipped (a V(0) >= 1 - gap) at a corner takes the a branch in that cell.
+_DEPTH_FLOOR, _DEPTH_CEILING_GAP = 1e-300, 1e-6
 #: The default amplitude interpolation and the central depth above which a line counts as
 #: saturated and takes the a branch of "hybrid" (chosen by ``benchmarks/fidelity.py``: on
 #: both benchmark grids it beats "linear" off the grid points and at left-out nodes).
@@ -107,7 +116,7 @@ DEFAULT_LOG_MAX_DEPTH = {"absorption": 0.3, "optical_depth": None}
 #: Grid axis names, in the order of the generator's parameters.
 AXIS_NAMES = ("teff", "logg", "feh")
 #: Parameter channels of the generator's values per mode.
-_CHANNELS = {"linear": 4, "log": 4, "hybrid": 6}
+_CHANNELS = {"linear": 4, "log": 4, "hybrid": 6, "logit_depth": 6}
 #: Window elements (tiles x tile pixels) per forward-model step on CPU, over the whole batch.
 GENERATOR_CHUNK_ELEMENTS_CPU = 1 << 18
 #: The same on accelerators, where per-step costs dominate: at most this many over the batch,
@@ -140,8 +149,9 @@ class Generator(eqx.Module):
     Attributes:
         identity_center: line identities in A, float64 (n_lines,).
         values: (n_teff, n_logg, n_feh, 4, n_lines) of (centre - identity [A], ln a,
-            ln sigma [ln A], ln gamma [ln A]); float32 or float64. ``"hybrid"`` amplitude
-            interpolation adds a and the presence (1 or 0): (..., 6, n_lines).
+            ln sigma [ln A], ln gamma [ln A]); float32 or float64. ``"hybrid"`` and
+            ``"logit_depth"`` amplitude interpolation add a and the presence (1 or 0):
+            (..., 6, n_lines).
         axes: (teff [K], logg [dex], feh [dex]) grid axes, float64, strictly increasing.
         wavelength: output wavelengths in A, float64 (n_pix,).
         wavelength_padded: ``wavelength`` plus ``pad_lo`` / ``pad_hi`` extra pixels evaluated
@@ -150,8 +160,9 @@ class Generator(eqx.Module):
         wing_cut, profile, line_form, compute_dtype: forward-model settings (static; the
             clones' own, see :func:`jblase.forward.ln_flux`).
         amplitude_interpolation: ``"hybrid"`` (default; see :data:`AMPLITUDE_INTERPOLATIONS`),
-            ``"linear"`` (``values[..., 1]`` then holds a) or ``"log"`` (the paper's;
-            ``values[..., 1]`` holds ln a).
+            ``"logit_depth"`` (``values[..., 1]`` then holds logit a V(0)), ``"linear"``
+            (``values[..., 1]`` holds a) or ``"log"`` (the paper's; ``values[..., 1]`` holds
+            ln a).
         cubic_axes: grid axes (0 Teff, 1 log g, 2 [Fe/H]) along which every channel is
             interpolated by a cubic Hermite spline through four nodes instead of linearly
             (:func:`jblase.interp.interpolate`); empty: trilinear, as the paper. Line strengths
@@ -206,10 +217,16 @@ class Generator(eqx.Module):
             )
         if any(d not in (0, 1, 2) for d in self.cubic_axes):
             raise ValueError(f"cubic_axes must name grid axes 0, 1, 2, got {self.cubic_axes}")
-        if self.cubic_axes and self.amplitude_interpolation == "hybrid":
+        if self.cubic_axes and self.amplitude_interpolation in _HYBRID_MODES:
             raise ValueError(
-                "amplitude_interpolation='hybrid' interpolates linearly (its presence test "
-                "needs non-negative weights); use cubic_axes with 'linear' or 'log'"
+                f"amplitude_interpolation={self.amplitude_interpolation!r} interpolates "
+                "linearly (its presence test needs non-negative weights); use cubic_axes with "
+                "'linear' or 'log'"
+            )
+        if self.amplitude_interpolation == "logit_depth" and self.line_form != "absorption":
+            raise ValueError(
+                "amplitude_interpolation='logit_depth' needs the absorption line form (an "
+                f"optical-depth line's a V(0) is not a depth); got line_form={self.line_form!r}"
             )
         expected = (*grid, _CHANNELS[self.amplitude_interpolation], n_lines)
         if self.values.shape != expected:
@@ -271,18 +288,29 @@ class Generator(eqx.Module):
             compute_dtype=compute_dtype,
             flux_tolerance=flux_tolerance,
         )
-        if amplitude_interpolation == "hybrid":
+        if amplitude_interpolation in _HYBRID_MODES:
             present = values[..., 1:2] >= LN_AMPLITUDE_CUTOFF
             # The ln a branch's presence may be stricter; the a channel keeps every line.
             log_ok = present.copy()
             if log_max_depth == "auto":
-                log_max_depth = DEFAULT_LOG_MAX_DEPTH.get(line_form)
-            if log_min_depth > 0 or log_max_depth is not None:
+                log_max_depth = (
+                    DEFAULT_LOG_MAX_DEPTH.get(line_form)
+                    if amplitude_interpolation == "hybrid"
+                    else None
+                )
+            logit = amplitude_interpolation == "logit_depth"
+            if log_min_depth > 0 or log_max_depth is not None or logit:
                 depth = _central_depth(values, profile)[..., None]
                 log_ok &= depth >= log_min_depth
                 if log_max_depth is not None:
                     log_ok &= depth <= log_max_depth
+                if logit:  # a clipped core (a V(0) >= 1) has no logit: the a branch
+                    log_ok &= depth < 1.0 - _DEPTH_CEILING_GAP
             extra = [np.where(present, np.exp(values[..., 1:2]), 0.0), log_ok]
+            if logit:
+                d = np.clip(depth[..., 0], _DEPTH_FLOOR, 1.0 - _DEPTH_CEILING_GAP)
+                logit_d = np.where(present[..., 0], np.log(d) - np.log1p(-d), -1000.0)
+                values[..., 1] = logit_d.astype(values.dtype)
             values = np.concatenate([values, *(x.astype(values.dtype) for x in extra)], -1)
         elif amplitude_interpolation == "linear":
             values[..., 1] = np.exp(values[..., 1])
@@ -471,12 +499,17 @@ class Generator(eqx.Module):
             amplitude = amplitude.astype(jnp.float64)
             mask = amplitude >= np.exp(LN_AMPLITUDE_CUTOFF)
             ln_a = jnp.log(jnp.where(mask, amplitude, 1.0))
-            if self.amplitude_interpolation == "hybrid":
-                # Present at every corner that carries weight: the weights sum to 1 there.
-                everywhere = v[..., 5, :] >= 1.0 - 1e-6
-                mask = jnp.where(everywhere, True, mask)
-                ln_a = jnp.where(everywhere, v[..., 1, :].astype(jnp.float64), ln_a)
         ln_s, ln_g = (v[..., k, :].astype(jnp.float64) for k in (2, 3))
+        if self.amplitude_interpolation in _HYBRID_MODES:
+            # Present at every corner that carries weight: the weights sum to 1 there.
+            everywhere = v[..., 5, :] >= 1.0 - 1e-6
+            mask = jnp.where(everywhere, True, mask)
+            branch = v[..., 1, :].astype(jnp.float64)
+            if self.amplitude_interpolation == "logit_depth":
+                # a = d / V(0): ln d = ln sigmoid(logit d) = -softplus(-logit d).
+                peak = get_profile(self.profile)(0.0, jnp.exp(ln_s), jnp.exp(ln_g))
+                branch = -jax.nn.softplus(-branch) - jnp.log(peak)
+            ln_a = jnp.where(everywhere, branch, ln_a)
         return center, ln_a, ln_s, ln_g, mask
 
     def __call__(self, params) -> jax.Array:

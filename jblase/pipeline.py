@@ -3,6 +3,13 @@
 Sits on top of the per-spectrum steps (preprocess -> detect -> clone) and writes what the
 manifold step reads. Each finished grid point is written atomically as soon as it is done,
 so an interrupted run loses at most the batch in flight and resumes where it stopped.
+
+``workers`` / ``scheduler`` spread the grid over a Dask cluster (:mod:`jblase._dask`: a local
+cluster of spawned worker processes, or an existing cluster's scheduler): each task clones
+``batch_size`` grid points in one program on one worker and writes each point's clone into the
+clones directory atomically, as the in-process run does, so the directory (which every worker
+must see at the same path) is the same whichever engine wrote it, and a killed run resumes the
+same way.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from jblase.manifold import (
 )
 from jblase.preprocess import normalize
 
-__all__ = ["clone_grid"]
+__all__ = ["clone_grid", "clone_points"]
 
 
 _MISSING = object()
@@ -37,6 +44,8 @@ def clone_grid(
     group_size: int = 64,
     source: dict | None = None,
     progress: bool = True,
+    workers: int = 0,
+    scheduler: str | None = None,
 ) -> dict:
     """Clone every point of ``grid`` into ``clones_dir``; skip points already done.
 
@@ -48,6 +57,11 @@ def clone_grid(
         batch_size: spectra cloned together in one program.
         group_size: spectra loaded and normalised at a time (bounds memory).
         source: free-form description stored in the manifest (e.g. the grid path).
+        progress: show a progress bar.
+        workers: Dask worker processes of a local cluster (0, the default: clone in this
+            process, without Dask). The grid object travels to the workers (it must pickle:
+            :class:`~jblase.grids.phoenix.PhoenixGrid` does) and reads its files there.
+        scheduler: address of an existing Dask scheduler instead (``tcp://host:8786``).
 
     Returns:
         ``{"done": n already present, "cloned": n cloned now, "total": n selected}``.
@@ -84,17 +98,76 @@ def clone_grid(
         write_clones_manifest(clones_dir, settings, wavelength, source or {})
     done = set(list_clones(clones_dir))
     todo = [p for p in points if GridPoint(*p) not in done]
+    if not (isinstance(workers, (int, np.integer)) and workers >= 0):
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     bar = tqdm(total=len(todo), desc="cloning grid", unit="spectrum", disable=not progress)
     with bar:
-        for start in range(0, len(todo), group_size):
-            group = todo[start : start + group_size]
-            fluxes = np.stack([normalize(wavelength, grid.load_flux(p), p.teff) for p in group])
-
-            def save(i: int, result, group=group) -> None:
-                write_clone(clones_dir, GridPoint(*group[i]), result)
-                bar.update(1)
-
-            clone_many(
-                wavelength, fluxes, settings, batch_size=batch_size, progress=False, on_result=save
-            )
+        if scheduler is None and workers == 0:
+            for start in range(0, len(todo), group_size):
+                clone_points(
+                    grid, clones_dir, settings, todo[start : start + group_size], batch_size, bar
+                )
+        elif todo:
+            _clone_on_dask(grid, clones_dir, settings, todo, batch_size, workers, scheduler, bar)
     return {"done": len(points) - len(todo), "cloned": len(todo), "total": len(points)}
+
+
+def clone_points(grid, clones_dir, settings, points, batch_size: int = 8, bar=None) -> int:
+    """Load, normalise and clone ``points`` of ``grid``; write each clone as it finishes.
+
+    The unit of work of :func:`clone_grid` (in this process, or one Dask task). Returns the
+    number of clones written."""
+    clones_dir = Path(clones_dir)
+    wavelength = np.asarray(grid.wavelength())
+    fluxes = np.stack([normalize(wavelength, grid.load_flux(p), p.teff) for p in points])
+
+    def save(i: int, result) -> None:
+        write_clone(clones_dir, GridPoint(*points[i]), result)
+        if bar is not None:
+            bar.update(1)
+
+    clone_many(wavelength, fluxes, settings, batch_size=batch_size, progress=False, on_result=save)
+    return len(points)
+
+
+def _clone_task(grid, clones_dir, settings, points, batch_size) -> int:
+    from jblase._compiled import enable_compile_cache
+
+    enable_compile_cache()  # workers of one machine share the compiled clone programs
+    return clone_points(grid, clones_dir, settings, points, batch_size)
+
+
+def _clone_on_dask(grid, clones_dir, settings, todo, batch_size, workers, scheduler, bar) -> None:
+    """One task per ``batch_size`` points (the batches of the in-process run); finished
+    clones are on disk whatever happens to the others, and a failed task is reported after
+    every other task has finished."""
+    from jblase._dask import dask_client
+
+    failed = []
+    with dask_client(
+        workers, scheduler, "jblase clone with workers", "--workers 0 clones in this process"
+    ) as client:
+        import distributed
+
+        tasks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        futures = {
+            client.submit(
+                _clone_task, grid, str(clones_dir), settings, t, batch_size, pure=False
+            ): t
+            for t in tasks
+        }
+        for future in distributed.as_completed(futures):
+            points = futures.pop(future)
+            try:
+                future.result()
+            except Exception as err:  # a bad spectrum or a lost worker: the rest go on
+                failed.append((points, err))
+            bar.update(len(points))
+    if failed:
+        points, err = failed[0]
+        first = GridPoint(*points[0]).label()
+        raise RuntimeError(
+            f"{sum(len(p) for p, _ in failed)} grid points were not cloned, in {len(failed)} "
+            f"of {len(tasks)} tasks (the first, {first} and {len(points) - 1} more: "
+            f"{type(err).__name__}: {err}); every other clone is written: rerun to retry them"
+        )

@@ -4,8 +4,9 @@ Where it sits: after :mod:`jblase.fit` has found the optimum and its Laplace cov
 fit hands over a log density on its unconstrained coordinates (the same ones its optimiser and
 Hessian use), the optimum and the Laplace covariance there; this module adapts NUTS once
 (blackjax's window adaptation: step size and a dense mass matrix, starting from the Laplace
-covariance), then runs ``chains`` chains vmapped in one compiled ``lax.scan`` from starts
-drawn around the adapted position, and reports the split R-hat and the effective sample size
+covariance), then runs ``chains`` chains vmapped in one ``lax.scan`` from starts drawn around
+the adapted position (adaptation and chains one compiled program, reused by every star of the
+same shapes), and reports the split R-hat and the effective sample size
 of every coordinate (blackjax's diagnostics) and the divergences.
 
 blackjax is an optional dependency: ``pip install "jblase[sampling]"``.
@@ -19,6 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +41,13 @@ class PosteriorSettings:
         start_scale: the chains start at the adapted position plus this many Laplace
             standard deviations of Gaussian scatter (over-dispersed starts make R-hat
             meaningful).
+        adapt_mass_matrix: ``"laplace"`` (default): the mass matrix stays the Laplace
+            covariance and the warm-up adapts the step size alone (dual averaging); a short
+            warm-up cannot estimate a dense covariance better than the Hessian at the
+            optimum. ``"window"``: blackjax's window adaptation (Stan's schedule) estimates
+            a dense mass matrix from the warm-up draws, starting from the Laplace one; it
+            needs a long warm-up. Without a usable Laplace covariance both start from the
+            identity.
     """
 
     draws: int = 1000
@@ -47,8 +56,13 @@ class PosteriorSettings:
     seed: int = 0
     target_acceptance: float = 0.8
     start_scale: float = 1.0
+    adapt_mass_matrix: str = "laplace"
 
     def __post_init__(self):
+        if self.adapt_mass_matrix not in ("laplace", "window"):
+            raise ValueError(
+                f"adapt_mass_matrix must be 'laplace' or 'window', got {self.adapt_mass_matrix!r}"
+            )
         for name in ("draws", "warmup", "chains"):
             value = getattr(self, name)
             if not (isinstance(value, (int, np.integer)) and value >= 1):
@@ -85,51 +99,46 @@ def _covariance_or_none(cov) -> np.ndarray | None:
 
 
 def nuts(
-    logdensity: Callable[[jax.Array], jax.Array],
+    logdensity: Callable,
     position,
     covariance=None,
     settings: PosteriorSettings | None = None,
+    data=None,
 ) -> dict:
-    """Sample ``logdensity`` (a jittable function of an (n,) vector) with NUTS.
+    """Sample ``logdensity`` with NUTS.
 
     Args:
-        logdensity: log posterior density (up to a constant) on unconstrained coordinates.
+        logdensity: log posterior density (up to a constant) on unconstrained coordinates:
+            ``logdensity(x)`` of an (n,) vector, or with ``data`` ``logdensity(x, data)``.
         position: (n,) the starting point (the optimum).
         covariance: (n, n) the Laplace covariance at ``position`` in the same coordinates
             (the initial inverse mass matrix and the scale of the chains' starts); None or
             not positive definite: the identity.
         settings: :class:`PosteriorSettings`.
+        data: a pytree of arrays ``logdensity`` reads (the spectrum, the model). The
+            adaptation and the chains are one compiled program per ``logdensity`` (a
+            module-level function), settings and data shapes, so every later star of a
+            survey reuses it; a ``logdensity`` that closes over its data instead is a new
+            program each call.
 
     Returns:
         ``{"samples": (chains, draws, n), "rhat": (n,), "ess": (n,), "divergences": int,
         "acceptance": float, "step_size": float, "inverse_mass_matrix": (n, n),
+        "integration_steps": float (the mean leapfrog steps, i.e. gradients, per draw),
         "settings": PosteriorSettings}``.
     """
-    blackjax = _require_blackjax()
+    _require_blackjax()
     settings = settings or PosteriorSettings()
     x0 = jnp.asarray(position, jnp.float64)
     n = x0.shape[0]
     cov = _covariance_or_none(covariance)
-    start_cov = np.eye(n) if cov is None else cov
+    start_cov = jnp.asarray(np.eye(n) if cov is None else cov)
+    if data is None:
+        logdensity, data = _closed(logdensity), ()
     key = jax.random.PRNGKey(settings.seed)
-    k_adapt, k_start, k_run = jax.random.split(key, 3)
-
-    adaptation = blackjax.window_adaptation(
-        blackjax.nuts,
-        logdensity,
-        is_mass_matrix_diagonal=False,
-        initial_inverse_mass_matrix=jnp.asarray(start_cov),
-        target_acceptance_rate=settings.target_acceptance,
-        initial_step_size=0.5,
+    samples, divergent, acceptance, steps, parameters = _sample(
+        logdensity, data, x0, start_cov, key, settings
     )
-    (state, parameters), _ = adaptation.run(k_adapt, x0, num_steps=settings.warmup)
-    kernel = blackjax.nuts(logdensity, **parameters)
-
-    chol = np.linalg.cholesky(start_cov)
-    noise = np.asarray(jax.random.normal(k_start, (settings.chains, n)))
-    starts = np.asarray(state.position)[None] + settings.start_scale * noise @ chol.T
-    states = jax.vmap(kernel.init)(jnp.asarray(starts))
-    samples, divergent, acceptance = _run_chains(kernel, states, k_run, settings)
     samples = np.asarray(samples)
 
     from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
@@ -145,20 +154,87 @@ def nuts(
         "acceptance": float(np.mean(acceptance)),
         "step_size": float(parameters["step_size"]),
         "inverse_mass_matrix": np.asarray(parameters["inverse_mass_matrix"]),
+        "integration_steps": float(np.mean(steps)),
         "settings": settings,
     }
 
 
-def _run_chains(kernel, states, key, settings: PosteriorSettings):
-    """``draws`` NUTS steps of every chain (vmapped) in one compiled scan."""
-    keys = jax.random.split(key, settings.chains)
+@dataclass(frozen=True)
+class _closed:
+    """``logdensity(x)`` as ``logdensity(x, data)`` (data unused)."""
+
+    fn: Callable
+
+    def __call__(self, x, data):
+        return self.fn(x)
+
+
+def _step_size_warmup(fn, x0, inverse_mass_matrix, key, settings: PosteriorSettings):
+    """``warmup`` NUTS steps from ``x0`` with a fixed mass matrix, the step size tuned by dual
+    averaging (Hoffman & Gelman 2014) to the target acceptance; returns the last state and
+    blackjax's ``{"step_size", "inverse_mass_matrix"}``."""
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+    from blackjax.mcmc import hmc
+    from blackjax.mcmc import nuts as nuts_module
+
+    kernel = nuts_module.build_kernel()
+    state = hmc.init(x0, fn)
+    # The unit-Gaussian scale: with the Laplace mass matrix a step of ~0.5 is about right.
+    step0 = 0.5
+    da_init, da_update, da_final = dual_averaging_adaptation(settings.target_acceptance)
+
+    def step(carry, k):
+        s, da = carry
+        s, info = kernel(k, s, fn, jnp.exp(da.log_step_size), inverse_mass_matrix)
+        return (s, da_update(da, info.acceptance_rate)), None
+
+    (state, da), _ = jax.lax.scan(
+        step, (state, da_init(step0)), jax.random.split(key, settings.warmup)
+    )
+    return state, {"step_size": da_final(da), "inverse_mass_matrix": inverse_mass_matrix}
+
+
+@eqx.filter_jit
+def _sample(logdensity, data, x0, start_cov, key, settings: PosteriorSettings):
+    """The adaptation (blackjax's window adaptation: step size and a dense mass matrix from
+    ``start_cov``), then ``chains`` chains vmapped from over-dispersed starts: one program."""
+    import blackjax
+
+    def fn(x):
+        return logdensity(x, data)
+
+    k_adapt, k_start, k_run = jax.random.split(key, 3)
+    if settings.adapt_mass_matrix == "window":
+        adaptation = blackjax.window_adaptation(
+            blackjax.nuts,
+            fn,
+            is_mass_matrix_diagonal=False,
+            initial_inverse_mass_matrix=start_cov,
+            target_acceptance_rate=settings.target_acceptance,
+            initial_step_size=0.5,
+        )
+        (state, parameters), _ = adaptation.run(k_adapt, x0, num_steps=settings.warmup)
+    else:
+        state, parameters = _step_size_warmup(fn, x0, start_cov, k_adapt, settings)
+    kernel = blackjax.nuts(fn, **parameters)
+    chol = jnp.linalg.cholesky(start_cov)
+    noise = jax.random.normal(k_start, (settings.chains, x0.shape[0]))
+    starts = state.position[None] + settings.start_scale * noise @ chol.T
+    states = jax.vmap(kernel.init)(starts)
+    keys = jax.random.split(k_run, settings.chains)
 
     def one_chain(state, chain_key):
         def step(s, k):
             s, info = kernel.step(k, s)
-            return s, (s.position, info.is_divergent, info.acceptance_rate)
+            return s, (
+                s.position,
+                info.is_divergent,
+                info.acceptance_rate,
+                info.num_integration_steps,
+            )
 
         _, out = jax.lax.scan(step, state, jax.random.split(chain_key, settings.draws))
         return out
 
-    return jax.jit(jax.vmap(one_chain))(states, keys)
+    samples, divergent, acceptance, steps = jax.vmap(one_chain)(states, keys)
+    return samples, divergent, acceptance, steps, parameters

@@ -47,11 +47,6 @@ from typing import Any
 
 import numpy as np
 
-try:  # Dask is optional: the plugin base class only where it is installed
-    from distributed.diagnostics.plugin import WorkerPlugin as _PluginBase
-except ImportError:  # pragma: no cover - exercised without the extra
-    _PluginBase = object
-
 __all__ = [
     "COLUMNS",
     "SPECTRUM_SUFFIXES",
@@ -60,6 +55,7 @@ __all__ = [
     "SurveySettings",
     "list_inputs",
     "run_survey",
+    "save_draws",
 ]
 
 #: File endings taken from an INPUTS directory (case-insensitive).
@@ -75,13 +71,15 @@ _SCALARS = (
     "n_clipped",
     "uncertainty_estimated",
 )
-_ENCODED = ("fitted", "correlation", "systematic_errors", "gp", "warnings")
+_ENCODED = ("fitted", "correlation", "systematic_errors", "gp", "posterior", "warnings")
+_QUANTILES = ("median", "p16", "p84")
 #: The table's columns, in order.
 COLUMNS = (
     "file",
     "status",
     "error",
     *(f"{p}{s}" for p in _PARAMETERS for s in ("", "_err", "_err_stat")),
+    *(f"{p}_{q}" for p in _PARAMETERS for q in _QUANTILES),
     *_SCALARS,
     *_ENCODED,
 )
@@ -273,6 +271,13 @@ class FitJob:
         orders: order labels to fit (None: all).
         mask_intervals: (n, 2) wavelength intervals (A) to leave out, or None.
         interpolation: the generator's amplitude interpolation (None: the library default).
+        posterior: a :class:`jblase.posterior.PosteriorSettings` to sample every spectrum's
+            posterior by NUTS after its fit (``jblase fit-many --posterior nuts``): the rows
+            gain ``NAME_median``, ``NAME_p16``, ``NAME_p84`` and the ``posterior``
+            diagnostics (R-hat, ESS, divergences). None: Laplace errors only.
+        draws_dir: with ``posterior``, a directory for each spectrum's draws
+            (``<file>.draws.npz``: ``draws`` (chains, draws, n_fitted) in physical units,
+            ``names``, ``rhat``, ``ess``; written atomically), or None.
     """
 
     manifold: str
@@ -281,9 +286,15 @@ class FitJob:
     orders: tuple[int, ...] | None = None
     mask_intervals: Any = None
     interpolation: str | None = None
+    posterior: Any = None
+    draws_dir: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "manifold", str(self.manifold))
+        if self.draws_dir is not None:
+            if self.posterior is None:
+                raise ValueError("draws_dir needs a posterior (--draws-dir needs --posterior nuts)")
+            object.__setattr__(self, "draws_dir", str(self.draws_dir))
         if self.mask_intervals is not None:
             mask = np.asarray(self.mask_intervals, float).reshape(-1, 2)
             object.__setattr__(self, "mask_intervals", tuple(map(tuple, mask.tolist())))
@@ -297,7 +308,16 @@ class FitJob:
         spectrum = read_observed(path, orders=self.orders)
         model = self.model()
         mask = None if self.mask_intervals is None else np.asarray(self.mask_intervals)
-        result = fit(model, spectrum, self.settings, mask_intervals=mask, **dict(self.search))
+        result = fit(
+            model,
+            spectrum,
+            self.settings,
+            mask_intervals=mask,
+            posterior=self.posterior,
+            **dict(self.search),
+        )
+        if self.draws_dir is not None:
+            save_draws(Path(self.draws_dir) / f"{Path(path).name}.draws.npz", result)
         return result.to_json()
 
     def model(self):
@@ -317,7 +337,29 @@ class FitJob:
             if self.mask_intervals is None
             else np.asarray(self.mask_intervals, float).tolist(),
             "interpolation": self.interpolation,
+            "posterior": None
+            if self.posterior is None
+            else _jsonable(dataclasses.asdict(self.posterior)),
         }
+
+
+def save_draws(path: str | os.PathLike, result) -> Path:
+    """Write a fit's NUTS draws to ``path`` (.npz, atomically): ``draws`` (chains, draws,
+    n_fitted) in physical units, ``names`` (the fitted parameters), ``rhat`` and ``ess``."""
+    if result.posterior_draws is None:
+        raise ValueError("this fit has no posterior draws (fit it with posterior=...)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(
+        tmp,
+        draws=result.posterior_draws,
+        names=np.array(result.fitted),
+        rhat=np.array([result.posterior["rhat"][n] for n in result.fitted]),
+        ess=np.array([result.posterior["ess"][n] for n in result.fitted]),
+    )
+    os.replace(tmp, path)
+    return path
 
 
 def _jsonable(obj):
@@ -396,6 +438,19 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _check_draw_names(pairs) -> None:
+    """Each spectrum's draws go to ``<file name>.draws.npz``: file names must not repeat."""
+    seen: dict[str, str] = {}
+    for name, path in pairs:
+        base = Path(path).name
+        if base in seen:
+            raise ValueError(
+                f"{seen[base]!r} and {name!r} share the file name {base!r}, so their draws "
+                "would overwrite each other in --draws-dir; rename one"
+            )
+        seen[base] = name
+
+
 def _check_sidecar(out: Path, fitter) -> None:
     if not hasattr(fitter, "describe"):
         return
@@ -437,6 +492,8 @@ def run_survey(
     pairs = list_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     pairs = [(str(n), str(p)) for n, p in pairs]
     out = Path(out)
+    if getattr(fitter, "draws_dir", None) is not None:
+        _check_draw_names(pairs)
     _check_sidecar(out, fitter)
     table = ResultTable(out)
     todo = [(n, p) for n, p in pairs if n not in table.rows]
@@ -466,88 +523,24 @@ def run_survey(
     }
 
 
-def _require_dask():
-    try:
-        import dask  # noqa: F401
-        import distributed
-    except ImportError as err:
-        raise ImportError(
-            "jblase fit-many with workers needs Dask distributed: pip install "
-            '"jblase[survey]" (or dask[distributed]); --workers 0 fits in this process '
-            "without it"
-        ) from err
-    return distributed
-
-
-class _DevicePlugin(_PluginBase):
-    """Before a worker's first task: no GPU memory preallocation, and worker i sees GPU
-    i mod n when the machine has n GPUs (``CUDA_VISIBLE_DEVICES`` as the client saw it)."""
-
-    name = "jblase-devices"
-
-    def __init__(self, gpus: Sequence[str]):
-        self.gpus = list(gpus)
-
-    def setup(self, worker):
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        if self.gpus:
-            try:
-                index = int(worker.name)
-            except (TypeError, ValueError):
-                index = abs(hash(worker.name))
-            os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[index % len(self.gpus)]
-
-    def teardown(self, worker):
-        pass
-
-
-def _visible_gpus() -> list[str]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    # Without importing JAX here (the client may never need it): count NVIDIA device files.
-    return sorted(p.name[len("nvidia") :] for p in Path("/dev").glob("nvidia[0-9]*"))
-
-
 def _run_dask(batches, fitter, settings: SurveySettings, table: ResultTable, bar) -> None:
-    distributed = _require_dask()
-    import dask
+    from jblase._dask import dask_client
 
-    cluster = None
-    with dask.config.set(
-        {
-            "distributed.worker.multiprocessing-method": "spawn",
-            "distributed.worker.daemon": False,
-            "distributed.scheduler.allowed-failures": 2,
-        }
-    ):
-        if settings.scheduler is not None:
-            client = distributed.Client(settings.scheduler)
-        else:
-            cluster = distributed.LocalCluster(
-                n_workers=settings.workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-            )
-            client = distributed.Client(cluster)
-        try:
-            gpus = _visible_gpus()
-            client.register_plugin(_DevicePlugin(gpus))
-            futures = {
-                client.submit(fit_batch, batch, fitter, pure=False): batch for batch in batches
-            }
-            for future in distributed.as_completed(futures):
-                batch = futures.pop(future)
-                try:
-                    rows = future.result()
-                except Exception as err:  # a worker died (or the task could not run)
-                    why = f"worker lost: {type(err).__name__}: {err}"
-                    rows = [error_row(name, why) for name, _ in batch]
-                table.append(rows)
-                bar.update(len(batch))
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    with dask_client(
+        settings.workers,
+        settings.scheduler,
+        "jblase fit-many with workers",
+        "--workers 0 fits in this process",
+    ) as client:
+        import distributed
+
+        futures = {client.submit(fit_batch, batch, fitter, pure=False): batch for batch in batches}
+        for future in distributed.as_completed(futures):
+            batch = futures.pop(future)
+            try:
+                rows = future.result()
+            except Exception as err:  # a worker died (or the task could not run)
+                why = f"worker lost: {type(err).__name__}: {err}"
+                rows = [error_row(name, why) for name, _ in batch]
+            table.append(rows)
+            bar.update(len(batch))

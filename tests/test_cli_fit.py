@@ -109,6 +109,15 @@ def test_fit_missing_files(tmp_path):
     fit_fails([spectrum, "--lines", lines, "--mask-file", missing], "no such file")
 
 
+def test_fit_draws_out_needs_the_posterior(tmp_path):
+    """Checked before anything is read or fitted."""
+    spectrum = _small_spectrum(tmp_path / "s.npz")
+    lines = tmp_path / "lines.pt"
+    lines.write_bytes(b"")  # never read: the option error comes first
+    argv = [spectrum, "--lines", lines, "--draws-out", tmp_path / "d.npz"]
+    fit_fails(argv, "--draws-out needs --posterior nuts")
+
+
 @pytest.mark.parametrize("berv", ["heder", "nan", "12km"])
 def test_fit_bad_berv(tmp_path, berv):
     spectrum = _small_spectrum(tmp_path / "s.npz")

@@ -35,7 +35,7 @@ def generator():
     return Generator.from_arrays(identity, values, AXES, wl, wing_cut=2000)
 
 
-@pytest.mark.parametrize("mode", ["linear", "log", "hybrid"])
+@pytest.mark.parametrize("mode", ["linear", "log", "hybrid", "logit_depth"])
 def test_grid_point_reproduces_the_node_lines(mode):
     identity, values, wl = _random_manifold()
     generator = Generator.from_arrays(
@@ -60,7 +60,7 @@ def test_grid_point_reproduces_the_node_lines(mode):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 if mode == "log" else 1e-6)
 
 
-@pytest.mark.parametrize("mode", ["linear", "log", "hybrid"])
+@pytest.mark.parametrize("mode", ["linear", "log", "hybrid", "logit_depth"])
 def test_off_grid_interpolates_line_parameters(mode):
     identity, values, wl = _random_manifold()
     generator = Generator.from_arrays(
@@ -84,12 +84,41 @@ def test_off_grid_interpolates_line_parameters(mode):
                 everywhere = everywhere & (corner[:, 1] > -100)
     with np.errstate(divide="ignore"):
         ln_lin = np.log(expected_lin)
+
+    # "logit_depth": logit of the central depth d = a V(0) interpolated, then a = d / V(0)
+    # at the interpolated widths (the pseudo-Voigt's peak by hand: eta L(0) + (1 - eta) G(0)
+    # with L of half-width f / 2 and G of FWHM f, DESIGN.md step 1).
+    def peak(ln_s, ln_g):
+        f_g = 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.exp(ln_s)
+        f_l = 2.0 * np.exp(ln_g)
+        f = (f_g**5 + 2.69269 * f_g**4 * f_l + 2.42843 * f_g**3 * f_l**2
+             + 4.47163 * f_g**2 * f_l**3 + 0.07842 * f_g * f_l**4 + f_l**5) ** 0.2  # fmt: skip
+        r = f_l / f
+        eta = 1.36603 * r - 0.47719 * r**2 + 0.11116 * r**3
+        std = f / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+        return eta / (np.pi * f / 2.0) + (1 - eta) / (std * np.sqrt(2 * np.pi))
+
+    logit, unclipped = 0.0, True
+    for ci in (0, 1):
+        for cj in (0, 1):
+            for ck in (0, 1):
+                w = (t[0] if ci else 1 - t[0]) * (t[1] if cj else 1 - t[1])
+                w = w * (t[2] if ck else 1 - t[2])
+                corner = values[:, 1 + ci, cj, ck]
+                d = np.exp(corner[:, 1]) * peak(corner[:, 2], corner[:, 3])
+                unclipped = unclipped & (d < 1 - 1e-6)
+                d = np.clip(d, 1e-300, 1 - 1e-6)
+                logit = logit + w * (np.log(d) - np.log1p(-d))
+    with np.errstate(over="ignore"):
+        depth = 1.0 / (1.0 + np.exp(-logit))
+    ln_logit = np.log(depth) - np.log(peak(expected[:, 2], expected[:, 3]))
     expected_ln_a = {
         "linear": ln_lin,
         "log": expected[:, 1],
         "hybrid": np.where(everywhere, expected[:, 1], ln_lin),
+        "logit_depth": np.where(everywhere & unclipped, ln_logit, ln_lin),
     }[mode]
-    if mode == "hybrid":  # both kinds of line are in the test
+    if mode in ("hybrid", "logit_depth"):  # both kinds of line are in the test
         assert 10 < everywhere.sum() < everywhere.size - 10
     expected_mask = expected_ln_a >= -100
     np.testing.assert_array_equal(mask, expected_mask)
@@ -224,7 +253,7 @@ def test_cubic_teff_reproduces_the_nodes_and_follows_the_spline(cubic):
         Generator.from_arrays(identity, values, AXES, wl, cubic_axes=("mass",))
 
 
-@pytest.mark.parametrize("mode", ["linear", "hybrid", "cubic"])
+@pytest.mark.parametrize("mode", ["linear", "hybrid", "logit_depth", "cubic"])
 def test_gradient_matches_finite_differences(mode):
     identity, values, wl = _random_manifold(n_lines=80, n_pix=6000, seed=5)
     # float64 values so finite differences are not swamped by float32 rounding; "cubic":
@@ -245,6 +274,46 @@ def test_gradient_matches_finite_differences(mode):
         fd = (loss(theta + step) - loss(theta - step)) / (2 * eps)
         assert grad[i] == pytest.approx(float(fd), rel=1e-4, abs=1e-14)
     assert np.all(np.isfinite(jax.grad(loss)(jnp.array([4500.0, 4.0, -0.5]))))
+
+
+def test_logit_depth_is_exact_for_a_saturating_line_and_keeps_finite_gradients():
+    """One line whose central depth saturates as d = k / (1 + k), k = exp(Teff / 250 K - 16),
+    widths fixed: between two nodes logit d is linear in Teff, so "logit_depth" interpolates
+    the depth exactly (and "hybrid"'s ln a does not); near d = 1 the gradient stays finite."""
+    wl = 8500.0 * (1 + 1 / 500_000) ** np.arange(4000)
+    identity = np.array([wl[2000]])
+    ln_s, ln_g = np.log(0.02), np.log(0.01)
+    from jblase.profiles import get_profile
+
+    v0 = float(get_profile("pseudo_voigt")(0.0, np.exp(ln_s), np.exp(ln_g)))
+    k = np.exp(AXES[0] / 250.0 - 16.0)[:, None, None] * np.ones((1, 2, 2))
+    values = np.zeros((1, *k.shape, 4))
+    values[..., 1] = np.log(k / (1 + k) / v0)
+    values[..., 2], values[..., 3] = ln_s, ln_g
+    gens = {
+        m: Generator.from_arrays(
+            identity, values, AXES, wl, wing_cut=1000, amplitude_interpolation=m
+        )
+        for m in ("logit_depth", "hybrid")
+    }
+    teff = 4725.0
+    kt = np.exp(teff / 250.0 - 16.0)
+    depth = {m: float(np.exp(g.line_parameters(jnp.array([teff, 4.2, -0.1]))[1][0]) * v0)
+             for m, g in gens.items()}  # fmt: skip
+    assert depth["logit_depth"] == pytest.approx(kt / (1 + kt), rel=1e-9)
+    assert abs(depth["hybrid"] - kt / (1 + kt)) > 1e-3
+    saturated = values.copy()
+    saturated[..., 1] = np.log((1 - 1e-5) / v0)  # a V(0) within 1e-5 of 1 at every node
+    gen = Generator.from_arrays(
+        identity, saturated, AXES, wl, wing_cut=1000, amplitude_interpolation="logit_depth"
+    )
+    grad = jax.grad(lambda p: jnp.sum(gen(p)))(jnp.array([4725.0, 4.2, -0.1]))
+    assert np.all(np.isfinite(np.asarray(grad)))
+    with pytest.raises(ValueError, match="logit_depth.*absorption"):
+        Generator.from_arrays(
+            identity, values, AXES, wl, amplitude_interpolation="logit_depth",
+            line_form="optical_depth",
+        )  # fmt: skip
 
 
 def test_bounds_checks(generator):

@@ -29,6 +29,8 @@ from jblase.linelist import LineList
 from jblase.manifold import build_manifold, is_clone_complete, list_clones
 from jblase.pipeline import clone_grid
 
+from .test_cli import run as run_cli
+
 pytestmark = pytest.mark.filterwarnings("ignore:only .* continuum maxima:UserWarning")
 
 TEFFS = (5000.0, 5500.0, 6000.0)
@@ -179,6 +181,55 @@ def test_interrupted_clone_resumes_without_redoing_finished_points(grid_dir, tmp
     for name, (mtime, data) in before.items():
         assert (out / name).stat().st_mtime_ns == mtime
         assert (out / name).read_bytes() == data
+
+
+def test_clone_on_two_dask_workers_equals_the_in_process_clones(grid_dir, clones, tmp_path):
+    """``jblase clone --workers 2``: grid points as Dask tasks on two spawned workers, each
+    clone written by its worker; the directory equals the in-process one (same batches: the
+    fixture's one batch of six), and a rerun finds everything done."""
+    pytest.importorskip("distributed")
+    clones_dir, _ = clones
+    out = tmp_path / "clones"
+    code, text, err = run_cli(["clone", grid_dir, "--out", out, "--workers", "2", *CLONE_ARGS])
+    assert code == 0, err
+    assert "6 grid points: 0 already done, 6 cloned now" in text
+    assert list(list_clones(out)) == POINTS
+    for point in POINTS:
+        mine, meta = load_line_list(list_clones(out)[point])
+        ref, ref_meta = load_line_list(list_clones(clones_dir)[point])
+        assert meta["rms"] == pytest.approx(ref_meta["rms"], rel=1e-5)
+        for name in ("center", "ln_amplitude", "ln_sigma", "ln_gamma"):
+            np.testing.assert_allclose(getattr(mine, name), getattr(ref, name), atol=1e-5)
+    summary = clone_grid(PhoenixGrid(grid_dir), out, SETTINGS, workers=2, progress=False)
+    assert summary == {"done": 6, "cloned": 0, "total": 6}  # no cluster started: nothing to do
+
+
+def test_a_bad_point_on_dask_loses_no_other_clone(grid_dir, tmp_path):
+    """A truncated file fails its task only: the other task's clones are written, the error
+    names the point, and a rerun (file repaired) clones just that task's points."""
+    pytest.importorskip("distributed")
+    broken = shutil.copytree(grid_dir, tmp_path / "grid")
+    path = broken / phoenix_relpath(*POINTS[4])
+    good = path.read_bytes()
+    path.write_bytes(good[:1000])
+    out = tmp_path / "clones"
+    with pytest.raises(
+        RuntimeError, match=r"3 grid points were not cloned, in 1 of 2 tasks .*GridFileError"
+    ) as err:
+        clone_grid(PhoenixGrid(broken), out, SETTINGS, batch_size=3, workers=2, progress=False)
+    assert str(path) in str(err.value) and "rerun" in str(err.value)
+    assert list(list_clones(out)) == POINTS[:3]
+    path.write_bytes(good)
+    summary = clone_grid(PhoenixGrid(broken), out, SETTINGS, batch_size=3, progress=False)
+    assert summary == {"done": 3, "cloned": 3, "total": 6}
+
+
+def test_clone_workers_without_dask_is_a_clear_error(grid_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"jblase\[survey\].*--workers 0 clones in this"):
+        clone_grid(PhoenixGrid(grid_dir), tmp_path / "c", SETTINGS, workers=2, progress=False)
+    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+        clone_grid(PhoenixGrid(grid_dir), tmp_path / "c", SETTINGS, workers=-1, progress=False)
 
 
 # --------------------------------------------------------------------------- manifold + generator

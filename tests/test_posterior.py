@@ -17,7 +17,10 @@ from .test_fit import SMALL, _observe, _spectrum, fixed_model, generator  # noqa
 pytest.importorskip("blackjax")
 
 
-def test_nuts_recovers_a_correlated_gaussian():
+@pytest.mark.parametrize("adapt", ["window", "laplace"])
+def test_nuts_recovers_a_correlated_gaussian(adapt):
+    """ "window": the mass matrix learnt from an identity start; "laplace": the true covariance
+    given (as the fit gives the Laplace one) and kept, the step size tuned alone."""
     mean = np.array([1.0, -2.0, 0.5])
     cov = np.array([[1.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.25]])
     prec = jnp.asarray(np.linalg.inv(cov))
@@ -26,7 +29,8 @@ def test_nuts_recovers_a_correlated_gaussian():
         d = x - mean
         return -0.5 * d @ prec @ d
 
-    out = nuts(logdensity, mean + 0.5, np.eye(3), PosteriorSettings(draws=1000, warmup=300))
+    settings = PosteriorSettings(draws=1000, warmup=300, adapt_mass_matrix=adapt)
+    out = nuts(logdensity, mean + 0.5, np.eye(3) if adapt == "window" else cov, settings)
     flat = out["samples"].reshape(-1, 3)
     assert out["samples"].shape == (4, 1000, 3)
     assert np.all(out["rhat"] < 1.01)
@@ -43,6 +47,7 @@ def test_nuts_recovers_a_correlated_gaussian():
         ({"chains": 1}, "chains must be >= 2"),
         ({"target_acceptance": 1.0}, "target_acceptance"),
         ({"start_scale": -1.0}, "start_scale"),
+        ({"adapt_mass_matrix": "stan"}, "adapt_mass_matrix"),
     ],
 )
 def test_bad_posterior_settings(kwargs, match):
@@ -79,4 +84,70 @@ def test_fit_posterior_agrees_with_laplace_at_high_snr(fixed_model):  # noqa: F8
     out = result.to_json()
     for name in result.fitted:
         assert out[f"{name}_p16"] < out[f"{name}_median"] < out[f"{name}_p84"]
-    assert set(out["posterior"]) == {"rhat", "ess", "divergences", "acceptance", "chains", "draws"}
+    assert set(out["posterior"]) == {"rhat", "ess", "divergences", "acceptance", "chains"} | {
+        "integration_steps",
+        "adaptation",
+        "draws",
+    }
+    assert out["posterior"]["adaptation"] == "laplace"
+
+
+def test_fit_many_rows_carry_the_posterior(fixed_model, tmp_path):  # noqa: F811
+    """A survey row of a NUTS fit (``jblase fit-many --posterior nuts``): the medians and
+    percentiles in their columns, the diagnostics decoded, the draws file as the fit's."""
+    from jblase.survey import fit_batch, read_table, run_survey, save_draws
+
+    wl, flux = fixed_model
+    c, f, s = _observe(wl, flux, 200.0, 4)
+    settings = FitSettings(resolving_power=55_000.0, **SMALL)
+    posterior = PosteriorSettings(draws=60, warmup=60, chains=2)
+    results = {}
+
+    def fitter(path):
+        results[path] = fit((wl, flux), _spectrum(c, f, s), settings, posterior=posterior)
+        save_draws(tmp_path / "draws" / f"{path}.draws.npz", results[path])
+        return results[path].to_json()
+
+    (row,) = fit_batch([("star", "star")], fitter)
+    assert row["status"] == "ok", row["error"]
+    out = tmp_path / "t.csv"
+    run_survey([("star", "star")], out, fitter, _survey_settings())
+    (parsed,) = read_table(out)
+    result = results["star"]
+    for name in result.fitted:
+        for q in ("median", "p16", "p84"):
+            assert parsed[f"{name}_{q}"] == pytest.approx(result.posterior[q][name], rel=1e-12)
+        assert parsed["posterior"]["rhat"][name] == pytest.approx(result.posterior["rhat"][name])
+    assert np.isnan(parsed["teff_median"])  # not fitted: empty
+    saved = np.load(tmp_path / "draws" / "star.draws.npz")
+    np.testing.assert_array_equal(saved["draws"], result.posterior_draws)
+    assert tuple(saved["names"]) == result.fitted
+
+
+def _survey_settings():
+    from jblase.survey import SurveySettings
+
+    return SurveySettings(workers=0, progress=False)
+
+
+def test_a_fit_on_a_grid_node_is_detected():
+    """An optimum on an interior node (the interpolation's kink) is flagged, so that NUTS
+    learns its mass matrix there instead of trusting the Hessian; edges and off-node values,
+    a fixed parameter and a fixed-model fit are not."""
+    from types import SimpleNamespace
+
+    from jblase.fit import NODE_TOLERANCE, on_grid_nodes
+
+    axes = (np.array([4000.0, 4500.0, 5000.0]), np.array([4.0, 4.5, 5.0]), np.array([-0.5, 0.0]))
+    problem = SimpleNamespace(
+        generator=SimpleNamespace(axes=axes),
+        layout=SimpleNamespace(free=("teff", "logg", "feh", "rv_kms")),
+    )
+    near = 4500.0 + 0.5 * NODE_TOLERANCE * 500.0
+    assert on_grid_nodes(problem, {"teff": near, "logg": 4.2, "feh": 0.0}) == ("teff",)
+    assert on_grid_nodes(problem, {"teff": 4500.2, "logg": 4.5, "feh": -0.5}) == ("logg",)
+    assert on_grid_nodes(problem, {"teff": 4000.0, "logg": 5.0, "feh": -0.2}) == ()  # edges
+    problem.layout.free = ("logg", "rv_kms")
+    assert on_grid_nodes(problem, {"teff": 4500.0, "logg": 4.2, "feh": 0.0}) == ()
+    problem.generator = None
+    assert on_grid_nodes(problem, {"teff": 4500.0, "logg": 4.5, "feh": 0.0}) == ()

@@ -261,15 +261,26 @@ def _small_manifold(path: Path) -> Path:
     return path
 
 
-def test_fit_many_command(tmp_path):
-    """The command end to end without a fit: a corrupt file becomes an error row (reading it
-    fails before the model is needed), the summary line, a bad worker count."""
+def _corrupt_only(tmp_path):
+    """A manifold, a directory holding one unreadable spectrum (no fit ever runs), the table
+    path and the fit-many command line for them."""
     manifold = _small_manifold(tmp_path / "m.npz")
     folder = tmp_path / "spectra"
     folder.mkdir()
     (folder / "b.npz").write_bytes(b"truncated")
     out = tmp_path / "t.csv"
-    argv = ["fit-many", folder, "--manifold", manifold, "--out", out, "--workers", "0"]
+    return (
+        manifold,
+        folder,
+        out,
+        ["fit-many", folder, "--manifold", manifold, "--out", out, "--workers", "0"],
+    )
+
+
+def test_fit_many_command(tmp_path):
+    """The command end to end without a fit: a corrupt file becomes an error row (reading it
+    fails before the model is needed), the summary line, a bad worker count."""
+    manifold, folder, out, argv = _corrupt_only(tmp_path)
     code, text, err = run([*argv, "--quiet"])
     assert code == 0, err
     assert "1 spectra: 1 fitted (1 failed), 0 already in the table" in text
@@ -281,6 +292,25 @@ def test_fit_many_command(tmp_path):
     assert code == 2 and "workers must be an integer >= 0" in err
     code, _, err = run(["fit-many", folder, "--manifold", tmp_path / "no.npz", "--out", out])
     assert code == 2 and "no such file" in err
+
+
+def test_fit_many_posterior_options(tmp_path):
+    """--posterior nuts reaches every fit (the sidecar records it); --draws-dir needs it, and
+    two inputs whose draws files would collide are refused."""
+    manifold, folder, out, argv = _corrupt_only(tmp_path)
+    code, _, err = run([*argv, "--posterior", "nuts", "--draws", "300", "--quiet"])
+    assert code == 0, err
+    sidecar = json.loads(out.with_name(out.name + ".settings.json").read_text())
+    assert sidecar["posterior"]["draws"] == 300 and sidecar["posterior"]["chains"] == 4
+    code, _, err = run([*argv, "--draws-dir", tmp_path / "d", "--quiet"])
+    assert code == 2 and "--draws-dir needs --posterior nuts" in err
+    (tmp_path / "x").mkdir()
+    listed = tmp_path / "list.txt"
+    listed.write_text("spectra/b.npz\nx/b.npz\n")
+    (tmp_path / "x" / "b.npz").write_bytes(b"truncated")
+    job = FitJob(manifold=str(manifold), posterior=object(), draws_dir=str(tmp_path / "d"))
+    with pytest.raises(ValueError, match="share the file name 'b.npz'"):
+        run_survey(listed, tmp_path / "u.csv", job, SurveySettings(workers=0, progress=False))
 
 
 @pytest.mark.slow  # one real fit's compile; benchmarks/survey.py fits real spectra through FitJob
