@@ -21,6 +21,7 @@ Needs blackjax (``pip install "jblase[sampling]"``). Writes
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -124,12 +125,21 @@ def main(argv=None) -> int:
     def observe(k):
         return _observation(model, truths[k], args.snr, np.random.default_rng([args.seed, k]))
 
+    name = "_".join(t for t in ("posterior", "quick" if args.quick else "", args.tag or "") if t)
+    header = {"manifold": manifold_path, "snr": args.snr, "seed": args.seed}
+    header["settings"] = posterior.__dict__
+    partial, rows = _partial_rows(name, header, args.out)
+    rows = rows[:n]  # a rerun with a smaller --n summarises the first n stars
+    if rows:
+        print(f"  resuming: {len(rows)} stars already in {partial.name}")
     t = time.perf_counter()
-    _fit_one(generator, observe(n), truths[n], search, posterior)  # compiles; not reported
+    if len(rows) < n:
+        _fit_one(generator, observe(n), truths[n], search, posterior)  # compiles; not reported
     first = time.perf_counter() - t
-    rows = []
-    for k in range(n):
+    for k in range(len(rows), n):
         rows.append(_row(_fit_one(generator, observe(k), truths[k], search, posterior), truths[k]))
+        with partial.open("a") as fh:  # a killed run keeps every finished star
+            fh.write(json.dumps(rows[-1], default=float) + "\n")
         print(
             f"  {k + 1}/{n}: R-hat max {rows[-1]['rhat_max']:.4f}, ESS min "
             f"{rows[-1]['ess_min']:.0f}, {rows[-1]['integration_steps']:.1f} gradients per "
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
         f"{summary['median_ess_per_second']:.1f} effective samples per second"
     )
     _common.write_results(
-        "_".join(t for t in ("posterior", "quick" if args.quick else "", args.tag or "") if t),
+        name,
         {
             "manifold": manifold_path,
             "n": n,
@@ -162,7 +172,29 @@ def main(argv=None) -> int:
         },
         args.out,
     )
+    partial.unlink()
     return 0
+
+
+def _partial_rows(name: str, header: dict, out_dir) -> tuple[Path, list[dict]]:
+    """The finished stars of an interrupted run with the same settings (a JSON-lines file:
+    the settings, then one row per star), and its path."""
+    path = Path(out_dir or _common.RESULTS) / f"{name}.partial.jsonl"
+    head = json.dumps(header, sort_keys=True, default=float)
+    if path.exists():
+        lines = path.read_text().splitlines()
+        if lines and lines[0] == head:
+            rows = []
+            for line in lines[1:]:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a half-written last line
+                    break
+            path.write_text("\n".join([head, *map(json.dumps, rows)]) + "\n")
+            return path, rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head + "\n")
+    return path, []
 
 
 if __name__ == "__main__":
