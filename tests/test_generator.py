@@ -72,18 +72,6 @@ def test_off_grid_interpolates_line_parameters(mode):
     # ln a for the lines present at all 8 corners of the cell, in a for the others.
     values = values.astype(np.float64)
     t = [(4700 - 4500) / 500, (4.2 - 4.0) / 0.5, (-0.1 + 0.5) / 0.5]
-    expected, expected_lin, everywhere = 0.0, 0.0, True
-    for ci in (0, 1):
-        for cj in (0, 1):
-            for ck in (0, 1):
-                w = (t[0] if ci else 1 - t[0]) * (t[1] if cj else 1 - t[1])
-                w = w * (t[2] if ck else 1 - t[2])
-                corner = values[:, 1 + ci, cj, ck]
-                expected = expected + w * corner
-                expected_lin = expected_lin + w * np.exp(corner[:, 1])
-                everywhere = everywhere & (corner[:, 1] > -100)
-    with np.errstate(divide="ignore"):
-        ln_lin = np.log(expected_lin)
 
     # "logit_depth": logit of the central depth d = a V(0) interpolated, then a = d / V(0)
     # at the interpolated widths (the pseudo-Voigt's peak by hand: eta L(0) + (1 - eta) G(0)
@@ -98,6 +86,7 @@ def test_off_grid_interpolates_line_parameters(mode):
         std = f / (2.0 * np.sqrt(2.0 * np.log(2.0)))
         return eta / (np.pi * f / 2.0) + (1 - eta) / (std * np.sqrt(2 * np.pi))
 
+    expected, expected_lin, everywhere = 0.0, 0.0, True
     logit, unclipped = 0.0, True
     for ci in (0, 1):
         for cj in (0, 1):
@@ -105,10 +94,15 @@ def test_off_grid_interpolates_line_parameters(mode):
                 w = (t[0] if ci else 1 - t[0]) * (t[1] if cj else 1 - t[1])
                 w = w * (t[2] if ck else 1 - t[2])
                 corner = values[:, 1 + ci, cj, ck]
+                expected = expected + w * corner
+                expected_lin = expected_lin + w * np.exp(corner[:, 1])
+                everywhere = everywhere & (corner[:, 1] > -100)
                 d = np.exp(corner[:, 1]) * peak(corner[:, 2], corner[:, 3])
                 unclipped = unclipped & (d < 1 - 1e-6)
                 d = np.clip(d, 1e-300, 1 - 1e-6)
                 logit = logit + w * (np.log(d) - np.log1p(-d))
+    with np.errstate(divide="ignore"):
+        ln_lin = np.log(expected_lin)
     with np.errstate(over="ignore"):
         depth = 1.0 / (1.0 + np.exp(-logit))
     ln_logit = np.log(depth) - np.log(peak(expected[:, 2], expected[:, 3]))
