@@ -20,7 +20,7 @@ try:  # the plugin base class only where Dask is installed
 except ImportError:  # pragma: no cover - exercised without the extra
     _PluginBase = object
 
-__all__ = ["dask_client", "require_dask"]
+__all__ = ["dask_client", "require_dask", "run_tasks"]
 
 
 def require_dask(what: str, without: str):
@@ -103,3 +103,18 @@ def dask_client(workers: int, scheduler: str | None, what: str, without: str) ->
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def run_tasks(client, fn, tasks, *args):
+    """Submit ``fn(task, *args)`` for every task and yield ``(task, result, error)`` as each
+    finishes (``error`` is the exception of a task that raised or whose worker was lost, and
+    ``result`` is then None), so one failed task never stops the others."""
+    import distributed
+
+    futures = {client.submit(fn, task, *args, pure=False): i for i, task in enumerate(tasks)}
+    for future in distributed.as_completed(futures):
+        task = tasks[futures.pop(future)]
+        try:
+            yield task, future.result(), None
+        except Exception as err:  # a bad input or a lost worker: the rest go on
+            yield task, None, err

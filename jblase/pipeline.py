@@ -130,7 +130,7 @@ def clone_points(grid, clones_dir, settings, points, batch_size: int = 8, bar=No
     return len(points)
 
 
-def _clone_task(grid, clones_dir, settings, points, batch_size) -> int:
+def _clone_task(points, grid, clones_dir, settings, batch_size) -> int:
     from jblase._compiled import enable_compile_cache
 
     enable_compile_cache()  # workers of one machine share the compiled clone programs
@@ -141,26 +141,17 @@ def _clone_on_dask(grid, clones_dir, settings, todo, batch_size, workers, schedu
     """One task per ``batch_size`` points (the batches of the in-process run); finished
     clones are on disk whatever happens to the others, and a failed task is reported after
     every other task has finished."""
-    from jblase._dask import dask_client
+    from jblase._dask import dask_client, run_tasks
 
+    tasks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     failed = []
     with dask_client(
         workers, scheduler, "jblase clone with workers", "--workers 0 clones in this process"
     ) as client:
-        import distributed
-
-        tasks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-        futures = {
-            client.submit(
-                _clone_task, grid, str(clones_dir), settings, t, batch_size, pure=False
-            ): t
-            for t in tasks
-        }
-        for future in distributed.as_completed(futures):
-            points = futures.pop(future)
-            try:
-                future.result()
-            except Exception as err:  # a bad spectrum or a lost worker: the rest go on
+        for points, _, err in run_tasks(
+            client, _clone_task, tasks, grid, str(clones_dir), settings, batch_size
+        ):
+            if err is not None:
                 failed.append((points, err))
             bar.update(len(points))
     if failed:

@@ -2,11 +2,12 @@
 
 Where it sits: after :mod:`jblase.fit` has found the optimum and its Laplace covariance. The
 fit hands over a log density on its unconstrained coordinates (the same ones its optimiser and
-Hessian use), the optimum and the Laplace covariance there; this module adapts NUTS once
-(blackjax's window adaptation: step size and a dense mass matrix, starting from the Laplace
-covariance), then runs ``chains`` chains vmapped in one ``lax.scan`` from starts drawn around
-the adapted position (adaptation and chains one compiled program, reused by every star of the
-same shapes), and reports the split R-hat and the effective sample size
+Hessian use), the optimum and the Laplace covariance there; this module warms NUTS up once
+(by default the step size alone, by dual averaging, with the Laplace covariance as the mass
+matrix; or blackjax's window adaptation of the step size and a dense mass matrix, starting from
+the Laplace covariance), then runs ``chains`` chains vmapped in one ``lax.scan`` from starts
+drawn around the adapted position (warm-up and chains one compiled program, reused by every
+star of the same shapes), and reports the split R-hat and the effective sample size
 of every coordinate (blackjax's diagnostics) and the divergences.
 
 blackjax is an optional dependency: ``pip install "jblase[sampling]"``.
@@ -203,8 +204,9 @@ def _step_size_warmup(fn, x0, inverse_mass_matrix, key, settings: PosteriorSetti
 
 @eqx.filter_jit
 def _sample(logdensity, data, x0, start_cov, key, settings: PosteriorSettings):
-    """The adaptation (blackjax's window adaptation: step size and a dense mass matrix from
-    ``start_cov``), then ``chains`` chains vmapped from over-dispersed starts: one program."""
+    """The warm-up (``settings.adapt_mass_matrix``: the step size alone on ``start_cov``, or
+    blackjax's window adaptation from it), then ``chains`` chains vmapped from over-dispersed
+    starts: one program."""
     import blackjax
 
     def fn(x):

@@ -524,7 +524,7 @@ def run_survey(
 
 
 def _run_dask(batches, fitter, settings: SurveySettings, table: ResultTable, bar) -> None:
-    from jblase._dask import dask_client
+    from jblase._dask import dask_client, run_tasks
 
     with dask_client(
         settings.workers,
@@ -532,14 +532,8 @@ def _run_dask(batches, fitter, settings: SurveySettings, table: ResultTable, bar
         "jblase fit-many with workers",
         "--workers 0 fits in this process",
     ) as client:
-        import distributed
-
-        futures = {client.submit(fit_batch, batch, fitter, pure=False): batch for batch in batches}
-        for future in distributed.as_completed(futures):
-            batch = futures.pop(future)
-            try:
-                rows = future.result()
-            except Exception as err:  # a worker died (or the task could not run)
+        for batch, rows, err in run_tasks(client, fit_batch, batches, fitter):
+            if err is not None:  # the worker died (or the task could not run)
                 why = f"worker lost: {type(err).__name__}: {err}"
                 rows = [error_row(name, why) for name, _ in batch]
             table.append(rows)
