@@ -22,9 +22,10 @@ quadrature, from the same fits (the floor changes the reported errors, not the f
 
     python benchmarks/injection.py [--quick] [--n 100] [--manifold M.npz] [--snr 50 100 300]
         [--calibrate 40] [--calibration-snr 300] [--calibration-seed SEED+1000] [--no-timing]
+        [--tag T]
 
-Writes ``results/injection[_quick].json`` (also after the calibration and after each S/N, with
-``"complete": false`` until the end).
+Writes ``results/injection[_quick][_<tag>].json`` (also after the calibration and after each
+S/N, with ``"complete": false`` until the end).
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="skip the closing one- and two-order timing fits",
     )
+    parser.add_argument("--tag", default=None, help="suffix of the JSON name")
     args = parser.parse_args(argv)
     n = args.n or (6 if args.quick else 100)
     if args.calibrate is None:
@@ -274,7 +276,7 @@ def main(argv=None) -> int:
         # Written after the calibration and after each S/N too, so a long run that is stopped
         # keeps what it finished ("complete": false).
         _common.write_results(
-            "injection_quick" if args.quick else "injection",
+            "_".join(t for t in ("injection", "quick" if args.quick else "", args.tag or "") if t),
             {
                 "complete": complete,
                 "manifold": manifold_path,

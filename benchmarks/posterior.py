@@ -3,7 +3,9 @@
 Injected spectra as in ``injection.py`` (the demo simulator at random off-grid truths, with RV,
 v sin i, R = 55,000 and noise at one S/N), each fitted by ``jblase.fit`` with
 ``posterior=PosteriorSettings(...)``: the fit's optimum and Laplace errors, then NUTS
-(blackjax) from the optimum with the Laplace covariance as its initial mass matrix. Reported
+(blackjax) from the posterior's mode in the fit's unconstrained coordinates with the Laplace
+covariance there as its mass matrix (window adaptation where the optimum sits on a grid
+node; each row records which). Reported
 per parameter: the coverage of the Laplace 1-sigma interval and of the NUTS 16-84 percentile
 interval over the same injections (both treat the generator as exact, as the Laplace ``_stat``
 errors of ``injection.py`` do), the median ratio of the NUTS half-width to the Laplace error;
@@ -53,6 +55,7 @@ def _row(result, truth) -> dict:
         rhat_max=max(post["rhat"].values()),
         ess_min=min(post["ess"].values()),
         divergences=int(post["divergences"]),
+        adaptation=post["adaptation"],
         integration_steps=float(post["integration_steps"]),
         nuts_seconds=result.seconds["posterior"],
         fit_seconds=result.seconds["total"] - result.seconds["posterior"],
@@ -128,6 +131,10 @@ def main(argv=None) -> int:
     name = "_".join(t for t in ("posterior", "quick" if args.quick else "", args.tag or "") if t)
     header = {"manifold": manifold_path, "snr": args.snr, "seed": args.seed}
     header["settings"] = posterior.__dict__
+    header["generator"] = {
+        "amplitude_interpolation": generator.amplitude_interpolation,
+        "cubic_axes": list(generator.cubic_axes),
+    }
     partial, rows = _partial_rows(name, header, args.out)
     rows = rows[:n]  # a rerun with a smaller --n summarises the first n stars
     if rows:
@@ -166,6 +173,7 @@ def main(argv=None) -> int:
             "snr": args.snr,
             "seed": args.seed,
             "settings": posterior.__dict__,
+            "generator": header["generator"],
             "first_star_with_compilation_seconds": first,
             "summary": summary,
             "rows": rows,

@@ -235,26 +235,24 @@ def _cmd_build(args) -> int:
 
 
 def _load_generator(path, wl_range=None, dtype="float64", interpolation=None):
-    from jblase.generator import DEFAULT_AMPLITUDE_INTERPOLATION, Generator
-    from jblase.manifold import Manifold
+    from jblase.generator import Generator
 
-    return Generator.from_manifold(
-        Manifold.load(path),
-        wl_range=wl_range,
-        compute_dtype=dtype,
-        amplitude_interpolation=interpolation or DEFAULT_AMPLITUDE_INTERPOLATION,
+    return Generator.load(
+        path, wl_range, compute_dtype=dtype, amplitude_interpolation=interpolation
     )
 
 
 def _interpolation_arg(p) -> None:
     p.add_argument(
         "--interpolation",
-        choices=["hybrid", "logit_depth", "linear", "log"],
+        choices=["auto", "logit_depth", "hybrid", "linear", "log"],
         default=None,
-        help="how line strengths are interpolated between grid points: hybrid (default; ln a "
-        "where a line is present and unsaturated at every corner, a elsewhere), logit_depth "
-        "(as hybrid, with the logit of the central depth instead of ln a and no depth limit), "
-        "linear (a) or log (ln a, the paper's)",
+        help="how line strengths are interpolated between grid points: auto (default: "
+        "logit_depth for the absorption line form, hybrid for the optical-depth one), "
+        "logit_depth (the logit of the central depth where a line is present at every node "
+        "around the point, a elsewhere), hybrid (as logit_depth with ln a, and a for lines "
+        "deeper than 0.3), both with a cubic spline along Teff where the line is present at "
+        "all four nodes of it; linear (a) or log (ln a, the paper's), trilinear",
     )
 
 

@@ -19,7 +19,11 @@ runs in named stages:
    softplus, R -> log);
 6. **uncertainties** (:func:`laplace`): the Hessian of the negative log-likelihood by autodiff
    at the optimum, checked positive definite, inverted, and carried to physical units by the
-   transform's Jacobian; standard errors and correlations.
+   transform's Jacobian; standard errors and correlations;
+7. **posterior** (optional, :func:`_sample_posterior`): the posterior's mode in the
+   unconstrained coordinates (:func:`_posterior_mode`: flat priors on the physical parameters
+   within the model's ranges, the transform's Jacobian included), then NUTS from it
+   (:mod:`jblase.posterior`).
 
 With a single line list instead of a generator the stellar parameters are fixed and stages 4
 and the stellar part of 5 are skipped. Optional sigma clipping (``robust``) repeats stage 5
@@ -1211,10 +1215,16 @@ def _log_posterior(problem: _Problem, u, weight):
     """ln p(u | data) up to a constant, on the fit's unconstrained coordinates: Gaussian
     noise with each order's continuum marginalised under a flat prior on its coefficients
     (``-chi2 / 2 - ln det N / 2``, :mod:`jblase.likelihood`), flat priors on the physical
-    parameters (the stellar ones inside the search box, v sin i >= 0, R > 0) and the Jacobian
-    of the map to them."""
+    parameters inside the ranges the observation model holds (the stellar ones inside the
+    search box, 0 <= v sin i <= ``max_vsini_kms``, R >= ``min_resolving_power``; beyond them
+    the model's kernels stop changing, so a flat prior there would be improper) and the
+    Jacobian of the map to them."""
     layout = problem.layout
     p = layout.to_physical(u)
+    limits = problem.observation.settings
+    inside = (p["vsini_kms"] <= limits.max_vsini_kms) & (
+        p["resolving_power"] >= limits.min_resolving_power
+    )
     stellar = jnp.stack([p[k] for k in _STELLAR])
     observed = problem.observed(problem.model_flux(stellar), p)
     chi2, _ = jax.vmap(chi_square)(observed, problem.flux, problem.inv_sigma, weight, problem.basis)
@@ -1223,7 +1233,7 @@ def _log_posterior(problem: _Problem, u, weight):
         jnp.log(jnp.abs(jax.grad(lambda v, n=name: _forward(n, v, layout.box))(u[i])))
         for i, name in enumerate(layout.free)
     )
-    return -0.5 * jnp.sum(chi2) - 0.5 * jnp.sum(logdet) + ln_jacobian
+    return jnp.where(inside, -0.5 * jnp.sum(chi2) - 0.5 * jnp.sum(logdet) + ln_jacobian, -jnp.inf)
 
 
 def _log_posterior_of(u, data):
@@ -1232,16 +1242,74 @@ def _log_posterior_of(u, data):
     return _log_posterior(problem, u, weight)
 
 
+@eqx.filter_jit
+def _log_posterior_and_grad(problem: _Problem, u, weight):
+    return jax.value_and_grad(lambda v: _log_posterior(problem, v, weight))(u)
+
+
+@eqx.filter_jit
+def _log_posterior_hessian(problem: _Problem, u, weight):
+    return jax.hessian(lambda v: _log_posterior(problem, v, weight))(u)
+
+
+#: The posterior mode's search starts with every stellar coordinate within this many logistic
+#: units of the box's centre (5e-5 of the box from its edges) and v sin i's above minus this
+#: (softplus: 4.5e-5 km/s): an optimum on the edge of its range maps to a far, flat tail of
+#: the unconstrained coordinate.
+MODE_START_LIMIT = 10.0
+
+
+def _posterior_mode(problem: _Problem, u, weight) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mode of :func:`_log_posterior` in unconstrained coordinates and its Laplace
+    covariance there (None where the Hessian is not negative definite), by scipy's
+    trust-region Newton method from ``u`` (the fit's optimum).
+
+    The fit's optimum maximises the likelihood of the physical parameters; NUTS samples the
+    posterior of the unconstrained ones, whose density carries the Jacobian of the map. The
+    two agree inside the box, but where the optimum sits on the box's edge (the likelihood
+    still rising there) the posterior's mode lies inward, where the density has an O(1)
+    width: the likelihood's Hessian at the edge is nearly zero, and chains started from its
+    inverse scatter into the flat tail and never meet."""
+    u0 = np.asarray(u, np.float64).copy()
+    for i, name in enumerate(problem.layout.free):
+        if name in _STELLAR:
+            u0[i] = np.clip(u0[i], -MODE_START_LIMIT, MODE_START_LIMIT)
+        elif name == "vsini_kms":  # v sin i = 0 maps to u = -inf (softplus)
+            u0[i] = max(u0[i], -MODE_START_LIMIT)
+
+    def negative(v):
+        value, grad = _log_posterior_and_grad(problem, jnp.asarray(v), weight)
+        return -float(value), -np.asarray(grad, np.float64)
+
+    def hessian(v):
+        return -np.asarray(_log_posterior_hessian(problem, jnp.asarray(v), weight), np.float64)
+
+    found = scipy.optimize.minimize(
+        negative, u0, jac=True, hess=hessian, method="trust-exact", options={"maxiter": 50}
+    )
+    mode = np.asarray(found.x, np.float64)
+    if not np.all(np.isfinite(mode)) or not np.isfinite(found.fun):
+        return u0, None
+    h = hessian(mode)
+    try:
+        np.linalg.cholesky(0.5 * (h + h.T))
+    except np.linalg.LinAlgError:
+        return mode, None
+    return mode, np.linalg.inv(0.5 * (h + h.T))
+
+
 def _sample_posterior(problem, values, weight, settings, posterior, result: FitResult) -> None:
-    """Stage 7: NUTS from the optimum (:func:`jblase.posterior.nuts`), the Laplace covariance
-    in unconstrained coordinates as its initial mass matrix; fills ``result.posterior``."""
+    """Stage 7: NUTS (:func:`jblase.posterior.nuts`) from the posterior's mode in
+    unconstrained coordinates (:func:`_posterior_mode`, started at the fit's optimum), the
+    Laplace covariance there as its initial mass matrix; fills ``result.posterior``."""
     from jblase.posterior import nuts
 
-    u = _u(problem, values)
-    try:
-        cov_u = np.linalg.inv(_hessian(problem, u, weight, settings.hessian))
-    except np.linalg.LinAlgError:
-        cov_u = None
+    u, cov_u = _posterior_mode(problem, _u(problem, values), weight)
+    if cov_u is None:
+        try:
+            cov_u = np.linalg.inv(_hessian(problem, _u(problem, values), weight, settings.hessian))
+        except np.linalg.LinAlgError:
+            cov_u = None
     adaptation = posterior.adapt_mass_matrix
     if adaptation == "laplace" and on_grid_nodes(problem, values):
         # The Hessian at a kink says nothing of the posterior's width: learn the mass matrix.

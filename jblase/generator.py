@@ -1,11 +1,14 @@
 """The spectral generator (pipeline step 5): (Teff, log g, [Fe/H]) -> normalised flux.
 
-Interpolates every line's (centre offset, ln a, ln sigma, ln gamma) trilinearly over the grid
-(:mod:`jblase.interp`), drops lines whose interpolated ln a < -100, synthesises the spectrum
-with the windowed forward model (:mod:`jblase.forward`) and sets non-finite pixels to 1. One
-jitted function of the parameters, differentiable and ``jax.vmap``-able; :meth:`Generator.batch`
-evaluates a batch on the forward model's batch axis, where every spectrum costs only its own
-present lines (under ``vmap`` every line's capped window costs full price).
+Interpolates every line's (centre offset, strength, ln sigma, ln gamma) over the grid
+(:mod:`jblase.interp`; by default the logit of its central depth, or ln a, with a cubic spline
+along Teff where the line is present around the point, a trilinear one in a where it is not:
+:data:`AMPLITUDE_INTERPOLATIONS`), drops lines whose interpolated a < e^-100, synthesises the
+spectrum with the windowed forward model (:mod:`jblase.forward`) and sets non-finite pixels
+to 1. One jitted function of the parameters, differentiable and ``jax.vmap``-able;
+:meth:`Generator.batch` evaluates a batch on the forward model's batch axis, where every
+spectrum costs only its own present lines (under ``vmap`` every line's capped window costs
+full price).
 
 Precision: line centres are float64 (identity centre + interpolated float32/64 offset); the
 manifold values may be float32; the profile arithmetic runs in ``compute_dtype``.
@@ -39,10 +42,13 @@ from jblase.profiles import get_profile
 
 __all__ = [
     "AMPLITUDE_INTERPOLATIONS",
+    "AUTO_AMPLITUDE_INTERPOLATION",
+    "AUTO_CUBIC_AXES",
     "LN_AMPLITUDE_CUTOFF",
     "Generator",
     "default_batch_size",
     "generator_chunk_elements",
+    "resolve_interpolation",
 ]
 
 
@@ -105,10 +111,17 @@ _HYBRID_MODES = ("hybrid", "logit_depth")
 #: logit_depth: central depths are clipped into [_DEPTH_FLOOR, 1 - _DEPTH_CEILING_GAP]; a line
 #: whose core is clipped (a V(0) >= 1 - gap) at a corner takes the a branch in that cell.
 _DEPTH_FLOOR, _DEPTH_CEILING_GAP = 1e-300, 1e-6
-#: The default amplitude interpolation and the central depth above which a line counts as
-#: saturated and takes the a branch of "hybrid" (chosen by ``benchmarks/fidelity.py``: on
-#: both benchmark grids it beats "linear" off the grid points and at left-out nodes).
-DEFAULT_AMPLITUDE_INTERPOLATION = "hybrid"
+#: ``amplitude_interpolation="auto"`` (the default) by line form, chosen by
+#: ``benchmarks/fidelity.py`` (off the grid points and at left-out nodes, on both benchmark
+#: grids) and ``benchmarks/accuracy.py``: "logit_depth" for absorption lines, "hybrid" for
+#: optical-depth lines (whose a V(0) is not a depth).
+AUTO_AMPLITUDE_INTERPOLATION = {"absorption": "logit_depth", "optical_depth": "hybrid"}
+DEFAULT_AMPLITUDE_INTERPOLATION = "auto"
+#: ``cubic_axes="auto"`` (the default) by amplitude interpolation: a cubic Hermite spline
+#: along Teff for the hybrid modes (their lines present over a whole four-node stencil; C1
+#: there, no kink at the nodes for a fit or a sampler to sit in); trilinear for "linear" and
+#: "log", which stay the previous default and the paper's mode exactly.
+AUTO_CUBIC_AXES = {"hybrid": ("teff",), "logit_depth": ("teff",), "linear": (), "log": ()}
 #: ``log_max_depth="auto"`` by line form: absorption lines clip at the core, so a saturated
 #: one's a and widths are poorly constrained; optical-depth lines stay constrained (their
 #: logs interpolate well however strong).
@@ -159,14 +172,21 @@ class Generator(eqx.Module):
             range exactly as the full one does.
         wing_cut, profile, line_form, compute_dtype: forward-model settings (static; the
             clones' own, see :func:`jblase.forward.ln_flux`).
-        amplitude_interpolation: ``"hybrid"`` (default; see :data:`AMPLITUDE_INTERPOLATIONS`),
-            ``"logit_depth"`` (``values[..., 1]`` then holds logit a V(0)), ``"linear"``
-            (``values[..., 1]`` holds a) or ``"log"`` (the paper's; ``values[..., 1]`` holds
-            ln a).
+        amplitude_interpolation: ``"logit_depth"`` (``values[..., 1]`` holds logit a V(0);
+            the default for absorption lines, :data:`AUTO_AMPLITUDE_INTERPOLATION`),
+            ``"hybrid"`` (ln a; the default for optical-depth lines; see
+            :data:`AMPLITUDE_INTERPOLATIONS`), ``"linear"`` (``values[..., 1]`` holds a) or
+            ``"log"`` (the paper's; ``values[..., 1]`` holds ln a).
         cubic_axes: grid axes (0 Teff, 1 log g, 2 [Fe/H]) along which every channel is
             interpolated by a cubic Hermite spline through four nodes instead of linearly
             (:func:`jblase.interp.interpolate`); empty: trilinear, as the paper. Line strengths
-            grow roughly exponentially with Teff, which a straight line between nodes misses.
+            grow roughly exponentially with Teff, which a straight line between nodes misses,
+            and the spline's gradient is continuous across nodes (no kinks to trap a fit).
+            :meth:`from_arrays` and :meth:`from_manifold` default to :data:`AUTO_CUBIC_AXES`
+            (Teff for the hybrid modes).
+            In the hybrid modes only lines on the ln a (logit d) branch at all four nodes of
+            the stencil take the spline; the others stay multilinear
+            (:meth:`_smooth_where_supported`).
         flux_tolerance: adaptive windows: at every call each line gets the window its
             current parameters need for the spectrum to stay within about this of the full
             ``wing_cut`` windows (normalised flux; see :func:`jblase.forward.ln_flux`). The
@@ -195,7 +215,7 @@ class Generator(eqx.Module):
     profile: str = eqx.field(static=True, default="pseudo_voigt")
     line_form: str = eqx.field(static=True, default="absorption")
     compute_dtype: str = eqx.field(static=True, default="float64")
-    amplitude_interpolation: str = eqx.field(static=True, default=DEFAULT_AMPLITUDE_INTERPOLATION)
+    amplitude_interpolation: str = eqx.field(static=True, default="logit_depth")
     cubic_axes: tuple[int, ...] = eqx.field(static=True, default=())
     plan: ForwardPlan | None = None
     flux_tolerance: float | None = eqx.field(static=True, default=DEFAULT_FLUX_TOLERANCE)
@@ -217,12 +237,6 @@ class Generator(eqx.Module):
             )
         if any(d not in (0, 1, 2) for d in self.cubic_axes):
             raise ValueError(f"cubic_axes must name grid axes 0, 1, 2, got {self.cubic_axes}")
-        if self.cubic_axes and self.amplitude_interpolation in _HYBRID_MODES:
-            raise ValueError(
-                f"amplitude_interpolation={self.amplitude_interpolation!r} interpolates "
-                "linearly (its presence test needs non-negative weights); use cubic_axes with "
-                "'linear' or 'log'"
-            )
         if self.amplitude_interpolation == "logit_depth" and self.line_form != "absorption":
             raise ValueError(
                 "amplitude_interpolation='logit_depth' needs the absorption line form (an "
@@ -262,7 +276,7 @@ class Generator(eqx.Module):
         fitted_range: tuple[float, float] | None = None,
         log_min_depth: float = 0.0,
         log_max_depth: float | None | str = "auto",
-        cubic_axes: Sequence[str | int] = (),
+        cubic_axes: Sequence[str | int] | str = "auto",
     ) -> Generator:
         """Build from raw manifold arrays; ``values[..., 1]`` holds ln a (shapes and units as
         the class attributes). ``log_min_depth`` (``"hybrid"`` only): a line counts as present
@@ -271,8 +285,13 @@ class Generator(eqx.Module):
         says little about how the line grows); ``log_max_depth``: and at most this (a
         saturated core hides how strong a line is, so its a and widths trade off from node to
         node; ``"auto"``: :data:`DEFAULT_LOG_MAX_DEPTH` for the line form, None: no limit).
-        ``cubic_axes``: axis names (``"teff"``,
-        ``"logg"``, ``"feh"``) or indices; see the class attributes."""
+        ``amplitude_interpolation``: a mode of :data:`AMPLITUDE_INTERPOLATIONS`, or ``"auto"``
+        (:data:`AUTO_AMPLITUDE_INTERPOLATION` for the line form). ``cubic_axes``: axis names
+        (``"teff"``, ``"logg"``, ``"feh"``) or indices, ``()`` for trilinear, or ``"auto"``
+        (:data:`AUTO_CUBIC_AXES` for the mode); see the class attributes."""
+        amplitude_interpolation, cubic_axes = resolve_interpolation(
+            amplitude_interpolation, cubic_axes, line_form
+        )
         wl = check_wavelength(wavelength_aa)
         identity = np.asarray(identity_center, np.float64)
         order = np.argsort(identity, kind="stable")
@@ -347,11 +366,12 @@ class Generator(eqx.Module):
         flux_tolerance: float | None = DEFAULT_FLUX_TOLERANCE,
         log_min_depth: float = 0.0,
         log_max_depth: float | None | str = "auto",
-        cubic_axes: Sequence[str | int] = (),
+        cubic_axes: Sequence[str | int] | str = "auto",
     ) -> Generator:
         """Build from a :class:`jblase.manifold.Manifold`; wing cut and profile default to the
         clone settings stored in it, so reconstructions at grid points reproduce the clones.
-        ``log_min_depth``, ``log_max_depth``, ``cubic_axes``: as :meth:`from_arrays`."""
+        ``amplitude_interpolation``, ``log_min_depth``, ``log_max_depth``, ``cubic_axes``: as
+        :meth:`from_arrays`."""
         settings = dict(manifold.settings)
         gen = cls.from_arrays(
             manifold.identity_center,
@@ -370,6 +390,27 @@ class Generator(eqx.Module):
             cubic_axes=cubic_axes,
         )
         return gen if wl_range is None else gen.restrict(*wl_range)
+
+    @classmethod
+    def load(
+        cls,
+        path,
+        wl_range: tuple[float, float] | None = None,
+        *,
+        amplitude_interpolation: str | None = None,
+        **options,
+    ) -> Generator:
+        """The generator of the manifold file ``path`` (:meth:`jblase.manifold.Manifold.load`,
+        then :meth:`from_manifold` with ``wl_range`` and ``options``; an
+        ``amplitude_interpolation`` of None is the default)."""
+        from jblase.manifold import Manifold  # late: the manifold module is not needed here
+
+        return cls.from_manifold(
+            Manifold.load(path),
+            wl_range,
+            amplitude_interpolation=amplitude_interpolation or DEFAULT_AMPLITUDE_INTERPOLATION,
+            **options,
+        )
 
     def restrict(self, wl_min: float, wl_max: float) -> Generator:
         """A generator for the pixels in [wl_min, wl_max] A that evaluates only lines that matter.
@@ -487,8 +528,12 @@ class Generator(eqx.Module):
         """Interpolated (center [A] float64, ln a, ln sigma, ln gamma, mask), each (n_lines,)
         for params (3,), or (n, n_lines) for params (n, 3)."""
         theta = jnp.asarray(params, jnp.float64)
+        points = jnp.atleast_2d(theta)
+        hybrid = self.amplitude_interpolation in _HYBRID_MODES
         # (n, 4|6, n_lines)
-        v = interpolate_batch(self.values, self.axes, jnp.atleast_2d(theta), self.cubic_axes)
+        v = interpolate_batch(self.values, self.axes, points, () if hybrid else self.cubic_axes)
+        if hybrid and self.cubic_axes:
+            v = self._smooth_where_supported(v, points)
         v = v if theta.ndim == 2 else v[0]
         center = self.identity_center + v[..., 0, :].astype(jnp.float64)
         if self.amplitude_interpolation == "log":
@@ -511,6 +556,21 @@ class Generator(eqx.Module):
                 branch = -jax.nn.softplus(-branch) - jnp.log(peak)
             ln_a = jnp.where(everywhere, branch, ln_a)
         return center, ln_a, ln_s, ln_g, mask
+
+    def _smooth_where_supported(self, v, points):
+        """The hybrid modes along ``cubic_axes``: a line's centre offset, ln a (logit d) and
+        widths follow the cubic spline where the line takes the ln a branch at every node of
+        the spline's stencil (four nodes per cubic axis); elsewhere, the multilinear ``v``.
+
+        At a node both interpolants give the node's value, so switching between them where a
+        stencil gains or loses the line keeps the parameters continuous (only their slope
+        jumps there), as does the spline's own C1 join inside the supported region."""
+        smooth = interpolate_batch(self.values, self.axes, points, self.cubic_axes)
+        stencil = interpolate_batch(
+            self.values[..., 5, :], self.axes, points, self.cubic_axes, support=True
+        )
+        supported = (stencil >= 1.0 - 1e-6)[:, None, :]
+        return v.at[:, :4].set(jnp.where(supported, smooth[:, :4], v[:, :4]))
 
     def __call__(self, params) -> jax.Array:
         """Normalised flux (n_pix,) at ``params = (teff [K], logg [dex], feh [dex])``.
@@ -659,6 +719,26 @@ def _sharded_steps(gen: Generator, steps, n: int, chunk_elements, mesh):
         steps
     )
     return fluxes if fluxes.shape[0] == n else fluxes[:n]
+
+
+def resolve_interpolation(
+    amplitude_interpolation: str, cubic_axes: Sequence[str | int] | str, line_form: str
+) -> tuple[str, tuple[int, ...]]:
+    """The amplitude interpolation and cubic axes (indices) that ``"auto"`` stands for with
+    ``line_form`` (:data:`AUTO_AMPLITUDE_INTERPOLATION`, :data:`AUTO_CUBIC_AXES`)."""
+    mode = amplitude_interpolation
+    if mode == "auto":
+        if line_form not in AUTO_AMPLITUDE_INTERPOLATION:
+            raise ValueError(f"line_form must be one of {LINE_FORMS}, got {line_form!r}")
+        mode = AUTO_AMPLITUDE_INTERPOLATION[line_form]
+    if mode not in AMPLITUDE_INTERPOLATIONS:
+        raise ValueError(
+            f"amplitude_interpolation must be 'auto' or one of {AMPLITUDE_INTERPOLATIONS}, "
+            f"got {amplitude_interpolation!r}"
+        )
+    if isinstance(cubic_axes, str) and cubic_axes == "auto":
+        cubic_axes = AUTO_CUBIC_AXES[mode]
+    return mode, axis_indices(cubic_axes)
 
 
 def axis_indices(axes: Sequence[str | int]) -> tuple[int, ...]:

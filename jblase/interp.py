@@ -230,12 +230,13 @@ def interpolate_lines(
     return _multilinear(values, axes, point, lead=1)
 
 
-@functools.partial(jax.jit, static_argnames="cubic")
+@functools.partial(jax.jit, static_argnames=("cubic", "support"))
 def interpolate_batch(
     values: Inexact[ArrayLike, "*grid *trailing"],
     axes: Sequence[Float[ArrayLike, " n"]],
     points: Float[ArrayLike, "B D"],
     cubic: tuple[int, ...] = (),
+    support: bool = False,
 ) -> Inexact[Array, " B *trailing"]:
     """:func:`interpolate` at ``B`` points at once, as one gather and one matrix product.
 
@@ -245,6 +246,10 @@ def interpolate_batch(
         axes: D strictly increasing node arrays.
         points: shape ``(B, D)``.
         cubic: as :func:`interpolate`.
+        support: combine the nodes with the weights' magnitudes ``|w| / sum |w|`` instead
+            (static): a mean over the nodes the interpolant reads, so for values in {0, 1} the
+            result is 1 exactly where every node with a non-zero weight holds 1 (a cubic
+            stencil's weights can be negative, so the signed sum cannot tell).
 
     Returns:
         Shape ``(B, *trailing)``, equal to ``vmap(interpolate)`` (same extrapolation and
@@ -269,9 +274,11 @@ def interpolate_batch(
     corner_rows = [
         sum(i * int(stride) for i, stride in zip(idx, strides, strict=True)) for idx, _ in corners
     ]
-    corner_weights = [w for _, w in corners]
+    weights = jnp.stack([w for _, w in corners], axis=1)  # (B, corners)
+    if support:
+        weights = jnp.abs(weights) / jnp.sum(jnp.abs(weights), axis=1, keepdims=True)
     block = rows[jnp.stack(corner_rows, axis=1)]  # (B, corners, prod(trailing))
-    out = jnp.einsum("bc,bcf->bf", jnp.stack(corner_weights, axis=1), block)
+    out = jnp.einsum("bc,bcf->bf", weights, block)
     return out.reshape(points.shape[0], *trailing)
 
 

@@ -380,14 +380,10 @@ def _file_digest(path) -> str:
 def _generator(manifold: str, interpolation: str | None):
     """The generator of ``manifold``, loaded once per process (its compiled programs with it)."""
     from jblase._compiled import enable_compile_cache
-    from jblase.generator import DEFAULT_AMPLITUDE_INTERPOLATION, Generator
-    from jblase.manifold import Manifold
+    from jblase.generator import Generator
 
     enable_compile_cache()
-    return Generator.from_manifold(
-        Manifold.load(manifold),
-        amplitude_interpolation=interpolation or DEFAULT_AMPLITUDE_INTERPOLATION,
-    )
+    return Generator.load(manifold, amplitude_interpolation=interpolation)
 
 
 def fit_batch(items: Sequence[tuple[str, str]], fitter: Callable[[str], Mapping]) -> list[dict]:

@@ -7,6 +7,7 @@ import jblase.forward as forward
 import jblase.generator as generator_module
 from jblase.forward import DEFAULT_TILE, synthesize
 from jblase.generator import Generator, generator_chunk_elements
+from jblase.profiles import get_profile
 
 AXES = (np.array([4000.0, 4500.0, 5000.0, 6000.0]), np.array([4.0, 4.5]), np.array([-0.5, 0.0]))
 
@@ -64,7 +65,14 @@ def test_grid_point_reproduces_the_node_lines(mode):
 def test_off_grid_interpolates_line_parameters(mode):
     identity, values, wl = _random_manifold()
     generator = Generator.from_arrays(
-        identity, values, AXES, wl, wing_cut=2000, amplitude_interpolation=mode, log_max_depth=None
+        identity,
+        values,
+        AXES,
+        wl,
+        wing_cut=2000,
+        amplitude_interpolation=mode,
+        log_max_depth=None,
+        cubic_axes=(),  # trilinear (the spline is checked on its own below)
     )
     theta = np.array([4700.0, 4.2, -0.1])
     center, ln_a, ln_s, ln_g, mask = generator.line_parameters(theta)
@@ -239,12 +247,67 @@ def test_cubic_teff_reproduces_the_nodes_and_follows_the_spline(cubic):
     else:
         expected = np.array([np.interp(teff, AXES[0], m) for m in mu])
     np.testing.assert_allclose(center, expected, rtol=0, atol=1e-7)
-    with pytest.raises(ValueError, match="hybrid"):
-        Generator.from_arrays(
-            identity, values, AXES, wl, amplitude_interpolation="hybrid", cubic_axes=cubic or (0,)
-        )
     with pytest.raises(ValueError, match="unknown grid axis"):
         Generator.from_arrays(identity, values, AXES, wl, cubic_axes=("mass",))
+
+
+def _hermite_teff(y, teff):
+    """scipy's cubic Hermite spline through y (..., n_teff) on AXES[0] at ``teff``, with the
+    interpolator's slopes (central differences, one-sided at the ends)."""
+    from scipy.interpolate import CubicHermiteSpline
+
+    x = AXES[0]
+    slope = np.gradient(y, x, axis=-1, edge_order=1)
+    slope[..., 1:-1] = (y[..., 2:] - y[..., :-2]) / (x[2:] - x[:-2])
+    return CubicHermiteSpline(x, y, slope, axis=-1)(teff)
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "logit_depth"])
+def test_hybrid_cubic_follows_the_spline_where_the_whole_stencil_holds_the_line(mode):
+    """cubic_axes with the hybrid modes: a line present at all four Teff nodes of the stencil
+    follows the Hermite spline of its ln a (logit d) and widths; one that lacks the line at a
+    far stencil node keeps the multilinear hybrid value in that cell and takes the spline in
+    the next; nodes are reproduced and the gradient along Teff is continuous across nodes."""
+    identity, values, wl = _random_manifold(n_lines=40, n_pix=6000, seed=4)
+    values = values.astype(np.float64)
+    values[..., 1] = np.clip(values[..., 1], -5.0, -4.0)  # weak: every line on the log branch
+    values[:, 0, :, :, 1] = -1000.0  # no line at the first Teff node (4000 K) ...
+    values[:20, 0, :, :, 1] = -4.5  # ... but for the first 20, present everywhere
+    kw = {"wing_cut": 2000, "amplitude_interpolation": mode, "log_max_depth": None}
+    smooth = Generator.from_arrays(identity, values, AXES, wl, cubic_axes=("teff",), **kw)
+    plain = Generator.from_arrays(identity, values, AXES, wl, cubic_axes=(), **kw)
+    order = np.argsort(identity, kind="stable")
+    everywhere = order < 20
+    logg, feh = AXES[1][1], AXES[2][1]
+    for node in AXES[0]:
+        p = jnp.array([node, logg, feh])
+        np.testing.assert_allclose(smooth(p), plain(p), rtol=0, atol=1e-12)
+    # Cell 4500-5000 K: stencil 4000-6000 K; cell 5000-6000 K: stencil 4500-6000 K.
+    for teff in (4700.0, 5600.0):
+        _, ln_a, ln_s, _, mask = smooth.line_parameters(jnp.array([teff, logg, feh]))
+        _, ln_a_plain, _, _, _ = plain.line_parameters(jnp.array([teff, logg, feh]))
+        node_values = np.asarray(smooth.values)[:, 1, 1, :, :]  # (teff, channel, line)
+        spline = _hermite_teff(np.moveaxis(node_values, 0, -1), teff)  # (channel, line)
+        branch = spline[1]
+        if mode == "logit_depth":  # a = sigmoid(logit d) / V(0) at the spline's widths
+            profile = get_profile(smooth.profile)
+            peak = np.asarray(profile(0.0, jnp.exp(spline[2]), jnp.exp(spline[3])))
+            branch = -np.logaddexp(0.0, -branch) - np.log(peak)
+        supported = everywhere if teff < 5000 else np.ones_like(everywhere)
+        assert np.all(np.asarray(mask))
+        np.testing.assert_allclose(np.asarray(ln_a)[supported], branch[supported], atol=1e-9)
+        np.testing.assert_allclose(np.asarray(ln_s)[supported], spline[2][supported], atol=1e-9)
+        np.testing.assert_allclose(
+            np.asarray(ln_a)[~supported], np.asarray(ln_a_plain)[~supported], atol=1e-12
+        )
+        assert np.abs(np.asarray(ln_a) - np.asarray(ln_a_plain))[supported].max() > 1e-4
+    # C1 across the interior nodes for the lines on the spline everywhere.
+    slope = jax.grad(
+        lambda t: jnp.sum(smooth.line_parameters(jnp.array([t, logg, feh]))[1][everywhere])
+    )
+    for node in AXES[0][1:-1]:
+        left, right = float(slope(node - 1e-6)), float(slope(node + 1e-6))
+        assert left == pytest.approx(right, rel=1e-4, abs=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["linear", "hybrid", "logit_depth", "cubic"])
@@ -308,6 +371,29 @@ def test_logit_depth_is_exact_for_a_saturating_line_and_keeps_finite_gradients()
             identity, values, AXES, wl, amplitude_interpolation="logit_depth",
             line_form="optical_depth",
         )  # fmt: skip
+
+
+def test_auto_interpolation_follows_the_line_form():
+    """The default ("auto"): logit of the depth with a Teff spline for absorption lines, ln a
+    (hybrid) with the spline for optical-depth lines; "linear" and "log" (the paper's) stay
+    trilinear unless asked; bad names are clear errors."""
+    from jblase.generator import resolve_interpolation
+
+    identity, values, wl = _random_manifold(n_lines=30, n_pix=3000)
+    auto = Generator.from_arrays(identity, values, AXES, wl, wing_cut=1000)
+    assert (auto.amplitude_interpolation, auto.cubic_axes) == ("logit_depth", (0,))
+    tau = Generator.from_arrays(
+        identity, values, AXES, wl, wing_cut=1000, line_form="optical_depth"
+    )
+    assert (tau.amplitude_interpolation, tau.cubic_axes) == ("hybrid", (0,))
+    assert resolve_interpolation("log", "auto", "absorption") == ("log", ())
+    assert resolve_interpolation("linear", "auto", "optical_depth") == ("linear", ())
+    assert resolve_interpolation("hybrid", ("teff", "logg"), "absorption") == ("hybrid", (0, 1))
+    assert resolve_interpolation("auto", (), "absorption") == ("logit_depth", ())
+    with pytest.raises(ValueError, match="amplitude_interpolation must be 'auto' or one of"):
+        resolve_interpolation("cubic", "auto", "absorption")
+    with pytest.raises(ValueError, match="line_form"):
+        resolve_interpolation("auto", "auto", "emission")
 
 
 def test_bounds_checks(generator):

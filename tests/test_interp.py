@@ -403,3 +403,33 @@ def test_cubic_axes_checked(grid):
     _, values, _ = grid
     with pytest.raises(ValueError, match="cubic axes"):
         interpolate_batch(values, AXES, np.array([[5500.0, 3.0, -0.2]]), (3,))
+
+
+def test_support_weights_flag_every_node_the_stencil_reads(grid):
+    """``support=True``: the mean of the values over the nodes with non-zero weights
+    (|w| / sum |w|), so a 0/1 presence averages to 1 exactly where every node the
+    interpolant reads holds 1; checked against the stencil's nodes listed by hand."""
+    rng = np.random.default_rng(3)
+    present = (rng.random((TEFF.size, LOGG.size, FEH.size, 5)) < 0.8).astype(float)
+    pts = _points(rng, n=40)
+    for cubic in ((), (0,)):
+        got = np.asarray(interpolate_batch(present, AXES, pts, cubic, support=True))
+        for p, row in zip(pts, got, strict=True):
+            nodes = []
+            for d, axis in enumerate(AXES):
+                i = int(np.clip(np.searchsorted(axis, p[d], side="right") - 1, 0, axis.size - 2))
+                t = (p[d] - axis[i]) / (axis[i + 1] - axis[i])
+                if t == 0 or t == 1:  # on a node: the node alone has a weight
+                    stencil = {i + int(t)}
+                else:
+                    stencil = {i, i + 1}
+                    if d in cubic:
+                        stencil |= {max(i - 1, 0), min(i + 2, axis.size - 1)}
+                nodes.append(sorted(stencil))
+            block = present[np.ix_(*nodes)]
+            np.testing.assert_array_equal(row >= 1 - 1e-12, block.min(axis=(0, 1, 2)) == 1)
+            assert np.all((row >= 0) & (row <= 1 + 1e-12))
+    # The signed cubic weights of a missing far node do not average to 1 - w: the plain
+    # interpolation of the presence can exceed 1 there (why the support mode exists).
+    plain = np.asarray(interpolate_batch(present, AXES, pts, (0,)))
+    assert plain.max() > 1 + 1e-6

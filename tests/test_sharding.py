@@ -98,5 +98,6 @@ def test_batch_over_four_forced_cpu_devices_equals_one_device():
         r = out[n]
         assert r["shape"][0] == int(n)
         assert r["device_set"] == 4 and r["one_device_set"] == 1, r
-        assert r["vs_one_device"] == 0.0 and r["vs_single_calls"] < 1e-13, r
+        # Equal to rounding: XLA may fuse the per-device program's interpolation differently.
+        assert r["vs_one_device"] < 1e-13 and r["vs_single_calls"] < 1e-13, r
     assert out["8"]["sharded_rows"], out["8"]  # rows split over the devices, not gathered
