@@ -249,8 +249,9 @@ def _interpolation_arg(p) -> None:
         default=None,
         help="how line strengths are interpolated between grid points: auto (default: "
         "logit_depth for the absorption line form, hybrid for the optical-depth one), "
-        "logit_depth (the logit of the central depth where a line is present at every node "
-        "around the point, a elsewhere), hybrid (as logit_depth with ln a, and a for lines "
+        "logit_depth (the logit of the central depth over the depth the grid's strong lines "
+        "saturate towards, where a line is present at every node around the point, a "
+        "elsewhere), hybrid (as logit_depth with ln a, and a for lines "
         "deeper than 0.3), both with a cubic spline along Teff where the line is present at "
         "all four nodes of it; linear (a) or log (ln a, the paper's), trilinear",
     )

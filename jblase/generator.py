@@ -111,6 +111,9 @@ _HYBRID_MODES = ("hybrid", "logit_depth")
 #: logit_depth: central depths are clipped into [_DEPTH_FLOOR, 1 - _DEPTH_CEILING_GAP]; a line
 #: whose core is clipped (a V(0) >= 1 - gap) at a corner takes the a branch in that cell.
 _DEPTH_FLOOR, _DEPTH_CEILING_GAP = 1e-300, 1e-6
+#: logit_depth's ``depth_ceiling="auto"`` (the default): the deepest unclipped central depth of
+#: any line at any node, times this, at most 1 (:func:`auto_depth_ceiling`).
+DEPTH_CEILING_MARGIN = 1.05
 #: ``amplitude_interpolation="auto"`` (the default) by line form, chosen by
 #: ``benchmarks/fidelity.py`` (off the grid points and at left-out nodes, on both benchmark
 #: grids) and ``benchmarks/accuracy.py``: "logit_depth" for absorption lines, "hybrid" for
@@ -177,6 +180,9 @@ class Generator(eqx.Module):
             ``"hybrid"`` (ln a; the default for optical-depth lines; see
             :data:`AMPLITUDE_INTERPOLATIONS`), ``"linear"`` (``values[..., 1]`` holds a) or
             ``"log"`` (the paper's; ``values[..., 1]`` holds ln a).
+        depth_ceiling: ``"logit_depth"``: the central depth D that strong lines saturate
+            towards; ``values[..., 1]`` holds logit(a V(0) / D) (see :meth:`from_arrays`; 1
+            for the other modes).
         cubic_axes: grid axes (0 Teff, 1 log g, 2 [Fe/H]) along which every channel is
             interpolated by a cubic Hermite spline through four nodes instead of linearly
             (:func:`jblase.interp.interpolate`); empty: trilinear, as the paper. Line strengths
@@ -223,6 +229,7 @@ class Generator(eqx.Module):
     #: cloning loss's 60 A at each end; set by :meth:`from_manifold`); outside it the
     #: generator lacks lines cloning left out, and inference leaves those pixels out.
     fitted_range: tuple[float, float] | None = eqx.field(static=True, default=None)
+    depth_ceiling: float = eqx.field(static=True, default=1.0)
 
     def __check_init__(self):
         n_lines = self.identity_center.shape[0]
@@ -277,6 +284,7 @@ class Generator(eqx.Module):
         log_min_depth: float = 0.0,
         log_max_depth: float | None | str = "auto",
         cubic_axes: Sequence[str | int] | str = "auto",
+        depth_ceiling: float | str = "auto",
     ) -> Generator:
         """Build from raw manifold arrays; ``values[..., 1]`` holds ln a (shapes and units as
         the class attributes). ``log_min_depth`` (``"hybrid"`` only): a line counts as present
@@ -288,7 +296,18 @@ class Generator(eqx.Module):
         ``amplitude_interpolation``: a mode of :data:`AMPLITUDE_INTERPOLATIONS`, or ``"auto"``
         (:data:`AUTO_AMPLITUDE_INTERPOLATION` for the line form). ``cubic_axes``: axis names
         (``"teff"``, ``"logg"``, ``"feh"``) or indices, ``()`` for trilinear, or ``"auto"``
-        (:data:`AUTO_CUBIC_AXES` for the mode); see the class attributes."""
+        (:data:`AUTO_CUBIC_AXES` for the mode); see the class attributes.
+        ``depth_ceiling`` (``"logit_depth"`` only): the central depth D that strong lines
+        saturate towards, in (0, 1]; the all-corners branch interpolates logit(d / D), and a
+        line at least that deep at a corner takes the a branch there. A line formed as
+        d = D k / (1 + k), ln k linear in Teff, is then interpolated exactly. ``"auto"``:
+        :func:`auto_depth_ceiling` of the nodes (the deepest unclipped line times
+        :data:`DEPTH_CEILING_MARGIN`, at most 1): below 1 only where no line of the grid ever
+        gets deep; 1 is the plain logit of d."""
+        if not (isinstance(depth_ceiling, str) and depth_ceiling == "auto"):
+            if not 0.0 < float(depth_ceiling) <= 1.0:
+                raise ValueError(f"depth_ceiling must be in (0, 1] or 'auto', got {depth_ceiling}")
+            depth_ceiling = float(depth_ceiling)
         amplitude_interpolation, cubic_axes = resolve_interpolation(
             amplitude_interpolation, cubic_axes, line_form
         )
@@ -320,14 +339,16 @@ class Generator(eqx.Module):
             logit = amplitude_interpolation == "logit_depth"
             if log_min_depth > 0 or log_max_depth is not None or logit:
                 depth = _central_depth(values, profile)[..., None]
+                if logit and depth_ceiling == "auto":
+                    depth_ceiling = auto_depth_ceiling(depth[..., 0], present[..., 0])
                 log_ok &= depth >= log_min_depth
                 if log_max_depth is not None:
                     log_ok &= depth <= log_max_depth
-                if logit:  # a clipped core (a V(0) >= 1) has no logit: the a branch
-                    log_ok &= depth < 1.0 - _DEPTH_CEILING_GAP
+                if logit:  # a core at the ceiling (or clipped) has no logit: the a branch
+                    log_ok &= depth < depth_ceiling * (1.0 - _DEPTH_CEILING_GAP)
             extra = [np.where(present, np.exp(values[..., 1:2]), 0.0), log_ok]
             if logit:
-                d = np.clip(depth[..., 0], _DEPTH_FLOOR, 1.0 - _DEPTH_CEILING_GAP)
+                d = np.clip(depth[..., 0] / depth_ceiling, _DEPTH_FLOOR, 1.0 - _DEPTH_CEILING_GAP)
                 logit_d = np.where(present[..., 0], np.log(d) - np.log1p(-d), -1000.0)
                 values[..., 1] = logit_d.astype(values.dtype)
             values = np.concatenate([values, *(x.astype(values.dtype) for x in extra)], -1)
@@ -351,6 +372,7 @@ class Generator(eqx.Module):
             plan=plan,
             flux_tolerance=flux_tolerance,
             fitted_range=fitted_range,
+            depth_ceiling=depth_ceiling if amplitude_interpolation == "logit_depth" else 1.0,
         )
 
     @classmethod
@@ -367,11 +389,12 @@ class Generator(eqx.Module):
         log_min_depth: float = 0.0,
         log_max_depth: float | None | str = "auto",
         cubic_axes: Sequence[str | int] | str = "auto",
+        depth_ceiling: float | str = "auto",
     ) -> Generator:
         """Build from a :class:`jblase.manifold.Manifold`; wing cut and profile default to the
         clone settings stored in it, so reconstructions at grid points reproduce the clones.
-        ``amplitude_interpolation``, ``log_min_depth``, ``log_max_depth``, ``cubic_axes``: as
-        :meth:`from_arrays`."""
+        ``amplitude_interpolation``, ``log_min_depth``, ``log_max_depth``, ``cubic_axes``,
+        ``depth_ceiling``: as :meth:`from_arrays`."""
         settings = dict(manifold.settings)
         gen = cls.from_arrays(
             manifold.identity_center,
@@ -388,6 +411,7 @@ class Generator(eqx.Module):
             log_min_depth=log_min_depth,
             log_max_depth=log_max_depth,
             cubic_axes=cubic_axes,
+            depth_ceiling=depth_ceiling,
         )
         return gen if wl_range is None else gen.restrict(*wl_range)
 
@@ -464,6 +488,7 @@ class Generator(eqx.Module):
             plan=plan,
             flux_tolerance=self.flux_tolerance,
             fitted_range=self.fitted_range,
+            depth_ceiling=self.depth_ceiling,
         )
 
     # ----------------------------------------------------------------- properties
@@ -553,7 +578,7 @@ class Generator(eqx.Module):
             if self.amplitude_interpolation == "logit_depth":
                 # a = d / V(0): ln d = ln sigmoid(logit d) = -softplus(-logit d).
                 peak = get_profile(self.profile)(0.0, jnp.exp(ln_s), jnp.exp(ln_g))
-                branch = -jax.nn.softplus(-branch) - jnp.log(peak)
+                branch = np.log(self.depth_ceiling) - jax.nn.softplus(-branch) - jnp.log(peak)
             ln_a = jnp.where(everywhere, branch, ln_a)
         return center, ln_a, ln_s, ln_g, mask
 
@@ -798,3 +823,16 @@ def _central_depth(values: np.ndarray, profile: str) -> np.ndarray:
         a = np.where(v[..., 1] >= LN_AMPLITUDE_CUTOFF, np.exp(np.maximum(v[..., 1], -700)), 0.0)
         out[start : start + 4096] = a * peak
     return out
+
+
+def auto_depth_ceiling(depth: np.ndarray, present: np.ndarray) -> float:
+    """The saturation depth of ``depth_ceiling="auto"``: the deepest central depth a V(0) of
+    any present, unclipped (below 1) line entry, times :data:`DEPTH_CEILING_MARGIN`, at most 1
+    (1 when there is none).
+
+    A grid whose strong lines all level off below some depth (a source function that stays
+    above zero at the top of the atmosphere) gets a ceiling just above it, where the logit
+    of d / D follows their saturation; a grid where some line's core gets near zero flux gets
+    1, the plain logit of d."""
+    d = np.asarray(depth)[np.asarray(present) & (np.asarray(depth) < 1.0 - _DEPTH_CEILING_GAP)]
+    return float(min(1.0, DEPTH_CEILING_MARGIN * d.max())) if d.size else 1.0

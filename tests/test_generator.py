@@ -289,10 +289,11 @@ def test_hybrid_cubic_follows_the_spline_where_the_whole_stencil_holds_the_line(
         node_values = np.asarray(smooth.values)[:, 1, 1, :, :]  # (teff, channel, line)
         spline = _hermite_teff(np.moveaxis(node_values, 0, -1), teff)  # (channel, line)
         branch = spline[1]
-        if mode == "logit_depth":  # a = sigmoid(logit d) / V(0) at the spline's widths
+        if mode == "logit_depth":  # a = D sigmoid(logit(d / D)) / V(0) at the spline's widths
             profile = get_profile(smooth.profile)
             peak = np.asarray(profile(0.0, jnp.exp(spline[2]), jnp.exp(spline[3])))
-            branch = -np.logaddexp(0.0, -branch) - np.log(peak)
+            ceiling = np.log(smooth.depth_ceiling)
+            branch = ceiling - np.logaddexp(0.0, -branch) - np.log(peak)
         supported = everywhere if teff < 5000 else np.ones_like(everywhere)
         assert np.all(np.asarray(mask))
         np.testing.assert_allclose(np.asarray(ln_a)[supported], branch[supported], atol=1e-9)
@@ -371,6 +372,66 @@ def test_logit_depth_is_exact_for_a_saturating_line_and_keeps_finite_gradients()
             identity, values, AXES, wl, amplitude_interpolation="logit_depth",
             line_form="optical_depth",
         )  # fmt: skip
+
+
+def test_depth_ceiling_follows_lines_that_saturate_below_full_depth():
+    """Lines that level off at a depth D < 1, d = D k / (1 + k) with ln k linear in Teff:
+    logit(d / D) interpolates them exactly, the plain logit of d (D = 1) does not; "auto"
+    (the default) finds D from the nodes alone (the deepest line times the margin); a line
+    at the ceiling takes the a branch and the nodes are still reproduced; a bad ceiling is a
+    clear error."""
+    from jblase.generator import DEPTH_CEILING_MARGIN, _central_depth
+    from jblase.profiles import get_profile
+
+    wl = 8500.0 * (1 + 1 / 500_000) ** np.arange(4000)
+    identity = np.array([wl[1500], wl[2500]])
+    ln_s, ln_g = np.log(0.02), np.log(0.01)
+    v0 = float(get_profile("pseudo_voigt")(0.0, np.exp(ln_s), np.exp(ln_g)))
+    ceiling = 0.8
+
+    def depth_law(teff, shift):
+        k = np.exp(np.asarray(teff) / 250.0 - 16.0 + shift)
+        return ceiling * k / (1 + k)
+
+    values = np.zeros((2, len(AXES[0]), 2, 2, 4))
+    for n, shift in enumerate((0.0, 1.5)):
+        values[n, ..., 1] = np.log(depth_law(AXES[0], shift) / v0)[:, None, None]
+    values[..., 2], values[..., 3] = ln_s, ln_g
+
+    def build(**kw):
+        return Generator.from_arrays(
+            identity, values, AXES, wl, wing_cut=1000, amplitude_interpolation="logit_depth", **kw
+        )
+
+    gens = {"exact": build(depth_ceiling=ceiling), "plain": build(depth_ceiling=1.0)}
+    gens["auto"] = build()
+    deepest = _central_depth(values, "pseudo_voigt").max()
+    assert gens["auto"].depth_ceiling == pytest.approx(DEPTH_CEILING_MARGIN * deepest)
+    assert gens["exact"].depth_ceiling == ceiling
+    teff = 4725.0
+    depth = {
+        m: np.exp(np.asarray(g.line_parameters(jnp.array([teff, 4.2, -0.1]))[1])) * v0
+        for m, g in gens.items()
+    }
+    truth = np.array([depth_law(teff, 0.0), depth_law(teff, 1.5)])
+    np.testing.assert_allclose(depth["exact"], truth, rtol=1e-9)
+    assert np.max(np.abs(depth["plain"] - truth)) > 1e-3
+    # The margin puts "auto" between the two, much nearer the truth than the plain logit.
+    assert np.max(np.abs(depth["auto"] - truth)) < 0.5 * np.max(np.abs(depth["plain"] - truth))
+    # A ceiling below the second line's depth: that line takes the a branch where it is too
+    # deep, and every node is still reproduced exactly, by the ceiling's generator too.
+    low = build(depth_ceiling=0.5)
+    for i, teff_node in enumerate(AXES[0]):
+        node = jnp.array([teff_node, AXES[1][0], AXES[2][0]])
+        for g in (low, gens["exact"]):
+            np.testing.assert_allclose(
+                np.exp(np.asarray(g.line_parameters(node)[1])), np.exp(values[:, i, 0, 0, 1]),
+                rtol=1e-6,
+            )  # fmt: skip
+    assert low.restrict(wl[1000], wl[3000]).depth_ceiling == 0.5
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="depth_ceiling"):
+            build(depth_ceiling=bad)
 
 
 def test_auto_interpolation_follows_the_line_form():
