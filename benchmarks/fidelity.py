@@ -386,6 +386,17 @@ def _generators(manifold, variants: dict) -> dict:
     return out
 
 
+def _point_grid(grid_dir: Path, crop, point: GridPoint) -> PhoenixGrid:
+    """The grid at ``grid_dir`` restricted to the one point ``point`` (a seed to clone)."""
+    return PhoenixGrid(
+        grid_dir,
+        wl_range=crop,
+        teff_range=(point.teff,) * 2,
+        logg_range=(point.logg,) * 2,
+        feh_range=(point.feh,) * 2,
+    )
+
+
 def _normalised_cube(grid: PhoenixGrid, axes, wl: np.ndarray, progress: bool) -> np.ndarray:
     """(n_teff, n_logg, n_feh, n_pix) normalised grid spectra, as :func:`clone_grid` sees them."""
     shape = tuple(len(a) for a in axes)
@@ -566,13 +577,7 @@ def main(argv=None) -> dict:
     clone_source = grid
     if args.seed_only:
         seed = GridPoint(*(propagation.seed or propagation_seed(grid.points())))
-        clone_source = PhoenixGrid(
-            grid_dir,
-            wl_range=crop,
-            teff_range=(seed.teff,) * 2,
-            logg_range=(seed.logg,) * 2,
-            feh_range=(seed.feh,) * 2,
-        )
+        clone_source = _point_grid(grid_dir, crop, seed)
     with stage(timings, "clone", cpu=cpu, message=f"2/5 cloning into {clones_dir} ({settings})"):
         summary = clone_grid(
             clone_source,
@@ -672,8 +677,21 @@ def main(argv=None) -> dict:
                 kept = [q for q in grid.points() if q not in gone]
                 fold = propagation
                 if args.seed_only and propagation.seed is None:
-                    # Only the full grid's seed was cloned: the fold starts from it too.
-                    fold = dataclasses.replace(propagation, seed=tuple(seed))
+                    # Only the full grid's seed was cloned: the fold starts from it too, or,
+                    # where the dropped node holds the seed, from the remaining grid's own
+                    # seed, cloned into the fold (nothing of the dropped spectra in it).
+                    fold_seed = seed
+                    if seed in gone:
+                        fold_seed = propagation_seed(kept)
+                        clone_grid(
+                            _point_grid(grid_dir, crop, fold_seed),
+                            loo_dir,
+                            settings,
+                            batch_size=args.batch,
+                            source={"benchmark": "fidelity", "grid": spec.name, "crop": crop},
+                            progress=False,
+                        )
+                    fold = dataclasses.replace(propagation, seed=tuple(fold_seed))
                 propagate_grid(grid, loo_dir, propagated_dir, fold, points=kept, progress=False)
                 shutil.rmtree(loo_dir, ignore_errors=True)
                 loo_dir = propagated_dir
