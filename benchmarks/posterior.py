@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     header["generator"] = {
         "amplitude_interpolation": generator.amplitude_interpolation,
         "cubic_axes": list(generator.cubic_axes),
+        "depth_ceiling": generator.depth_ceiling,
     }
     partial, rows = _partial_rows(name, header, args.out)
     rows = rows[:n]  # a rerun with a smaller --n summarises the first n stars
