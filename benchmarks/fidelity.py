@@ -575,6 +575,7 @@ def main(argv=None) -> dict:
     if args.seed_only and (propagation is None or args.complete):
         raise SystemExit("--seed-only needs --propagate and --no-complete")
     clone_source = grid
+    clone_info = {"benchmark": "fidelity", "grid": spec.name, "crop": crop}  # the manifests'
     if args.seed_only:
         seed = GridPoint(*(propagation.seed or propagation_seed(grid.points())))
         clone_source = _point_grid(grid_dir, crop, seed)
@@ -584,7 +585,7 @@ def main(argv=None) -> dict:
             clones_dir,
             settings,
             batch_size=args.batch,
-            source={"benchmark": "fidelity", "grid": spec.name, "crop": crop},
+            source=clone_info,
             progress=progress,
         )
         print(f"   {summary['cloned']} cloned, {summary['done']} already done")
@@ -688,7 +689,7 @@ def main(argv=None) -> dict:
                             loo_dir,
                             settings,
                             batch_size=args.batch,
-                            source={"benchmark": "fidelity", "grid": spec.name, "crop": crop},
+                            source=clone_info,
                             progress=False,
                         )
                     fold = dataclasses.replace(propagation, seed=tuple(fold_seed))

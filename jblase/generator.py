@@ -108,8 +108,9 @@ LN_AMPLITUDE_CUTOFF = -100.0
 AMPLITUDE_INTERPOLATIONS = ("linear", "log", "hybrid", "logit_depth")
 #: The modes that carry a and the presence as two more channels and switch branch per cell.
 _HYBRID_MODES = ("hybrid", "logit_depth")
-#: logit_depth: central depths are clipped into [_DEPTH_FLOOR, 1 - _DEPTH_CEILING_GAP]; a line
-#: whose core is clipped (a V(0) >= 1 - gap) at a corner takes the a branch in that cell.
+#: logit_depth: central depths over the ceiling D are clipped into [_DEPTH_FLOOR,
+#: 1 - _DEPTH_CEILING_GAP]; a line at least (1 - gap) D deep at a corner (a clipped core among
+#: them) takes the a branch in that cell.
 _DEPTH_FLOOR, _DEPTH_CEILING_GAP = 1e-300, 1e-6
 #: logit_depth's ``depth_ceiling="auto"`` (the default): the deepest unclipped central depth of
 #: any line at any node, times this, at most 1 (:func:`auto_depth_ceiling`).
@@ -576,7 +577,7 @@ class Generator(eqx.Module):
             mask = jnp.where(everywhere, True, mask)
             branch = v[..., 1, :].astype(jnp.float64)
             if self.amplitude_interpolation == "logit_depth":
-                # a = d / V(0): ln d = ln sigmoid(logit d) = -softplus(-logit d).
+                # a = d / V(0), d = D sigmoid(logit(d / D)): ln d = ln D - softplus(-branch).
                 peak = get_profile(self.profile)(0.0, jnp.exp(ln_s), jnp.exp(ln_g))
                 branch = np.log(self.depth_ceiling) - jax.nn.softplus(-branch) - jnp.log(peak)
             ln_a = jnp.where(everywhere, branch, ln_a)
@@ -834,5 +835,6 @@ def auto_depth_ceiling(depth: np.ndarray, present: np.ndarray) -> float:
     above zero at the top of the atmosphere) gets a ceiling just above it, where the logit
     of d / D follows their saturation; a grid where some line's core gets near zero flux gets
     1, the plain logit of d."""
-    d = np.asarray(depth)[np.asarray(present) & (np.asarray(depth) < 1.0 - _DEPTH_CEILING_GAP)]
+    depth = np.asarray(depth)
+    d = depth[np.asarray(present) & (depth < 1.0 - _DEPTH_CEILING_GAP)]
     return float(min(1.0, DEPTH_CEILING_MARGIN * d.max())) if d.size else 1.0
